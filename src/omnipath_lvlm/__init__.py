@@ -1,0 +1,2 @@
+"""OmniPath: a pathology large vision-language model."""
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from omnipath_lvlm.cli import main
+
+sys.exit(main())

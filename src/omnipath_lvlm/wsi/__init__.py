@@ -1,0 +1,1 @@
+"""Whole-slide access, tissue masks and prompt-guided detail feature completion (PGFC)."""
