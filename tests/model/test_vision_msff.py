@@ -32,7 +32,7 @@ def test_scale_two_equals_four_tiles_by_hand():
         small = F.interpolate(x, size=(base, base), mode="bilinear", align_corners=False, antialias=True)
         expected = []
         for enc, grid_of in ((tower.siglip, g), (tower.uni, base // v.uni_config.patch_size)):
-            prep = (lambda t: t) if enc is tower.siglip else (lambda t: t * tower.uni_scale + tower.uni_shift)
+            prep = (lambda t: t) if enc is tower.siglip else tower.to_uni_normalisation
 
             def as_grid(tokens, side):
                 return tokens.reshape(1, side, side, -1).permute(0, 3, 1, 2)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 from transformers.utils import ModelOutput
 
 from omnipath_lvlm.config import OmniPathConfig, pooled_grid_side
@@ -82,6 +84,12 @@ class OmniPathPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["LlamaDecoderLayer", "Qwen2DecoderLayer", "MistralDecoderLayer", "SiglipEncoderLayer", "Block"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # non-persistent buffers are not in checkpoints: rebuild them after loading on the meta device
+        if isinstance(module, SiglipVisionEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
 
 
 class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin):

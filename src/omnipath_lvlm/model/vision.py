@@ -100,13 +100,18 @@ class MultiScaleTower(nn.Module):
         self.siglip = siglip
         self.uni = uni
         if uni is not None:
-            s_mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
-            s_std = torch.tensor(config.image_std).view(1, 3, 1, 1)
-            u_mean = torch.tensor(uni.config.image_mean).view(1, 3, 1, 1)
-            u_std = torch.tensor(uni.config.image_std).view(1, 3, 1, 1)
-            # x_uni = (x_siglip * s_std + s_mean - u_mean) / u_std = x_siglip * a + b
-            self.register_buffer("uni_scale", s_std / u_std, persistent=False)
-            self.register_buffer("uni_shift", (s_mean - u_mean) / u_std, persistent=False)
+            # x_uni = (x_siglip * s_std + s_mean - u_mean) / u_std = x_siglip * scale + shift, per channel
+            s_mean, s_std = config.image_mean, config.image_std
+            u_mean, u_std = uni.config.image_mean, uni.config.image_std
+            self.uni_affine = (
+                tuple(s / u for s, u in zip(s_std, u_std)),
+                tuple((sm - um) / u for sm, um, u in zip(s_mean, u_mean, u_std)),
+            )
+
+    def to_uni_normalisation(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Re-normalise SigLIP-normalised pixels (T, 3, H, W) to UNI's (ImageNet) statistics."""
+        scale, shift = (torch.tensor(v, dtype=tiles.dtype, device=tiles.device).view(1, 3, 1, 1) for v in self.uni_affine)
+        return tiles * scale + shift
 
     @property
     def feature_dim(self) -> int:
@@ -141,8 +146,7 @@ class MultiScaleTower(nn.Module):
         tiles = torch.cat([image_to_tiles(pixel_values, s, base) for s in self.config.scales])  # (T, 3, base, base)
         maps = [self._encode(self.siglip, tiles, batch, grid)]
         if self.uni is not None:
-            uni_tiles = tiles * self.uni_scale.to(tiles.dtype) + self.uni_shift.to(tiles.dtype)
-            maps.append(self._encode(self.uni, uni_tiles, batch, grid))
+            maps.append(self._encode(self.uni, self.to_uni_normalisation(tiles), batch, grid))
         fused = torch.cat(maps, dim=1)  # (B, feature_dim, g, g)
         return fused.flatten(2).transpose(1, 2)  # (B, g*g, feature_dim)
 

@@ -1,0 +1,171 @@
+"""Tests of the training dataset and its collator, through the test-tiny model's forward."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omnipath_lvlm.config import OmniPathConfig
+from omnipath_lvlm.data.dataset import InstructionDataset, describe_region, model_inputs
+from omnipath_lvlm.data.records import Record, make_record, write_jsonl
+from omnipath_lvlm.model import OmniPathForConditionalGeneration
+from omnipath_lvlm.processing import OmniPathProcessor
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    config = OmniPathConfig.from_name("test-tiny")
+    return OmniPathForConditionalGeneration(config).eval(), OmniPathProcessor.for_config(config)
+
+
+def _png(path: Path, size=(40, 30), colour=(200, 120, 180)) -> str:
+    Image.new("RGB", size, colour).save(path)
+    return str(path)
+
+
+def _mask_png(path: Path, box: tuple[int, int, int, int], size=(40, 30)) -> str:
+    arr = np.zeros(size[::-1], dtype=np.uint8)
+    x1, y1, x2, y2 = box
+    arr[y1:y2, x1:x2] = 255
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def _every_kind(tmp_path: Path) -> list[Record]:
+    """One record per answer style, plus a detail-region record and a user-turn input mask."""
+    rng = random.Random(0)
+    img = _png(tmp_path / "a.png")
+    left = _mask_png(tmp_path / "left.png", (0, 0, 20, 30))
+    top = _mask_png(tmp_path / "top.png", (0, 0, 40, 15))
+    crop = _png(tmp_path / "crop.png", (32, 32), (90, 40, 150))
+    records = [
+        make_record("subtype", img, "clear cell carcinoma", rng, style="open"),
+        make_record("grade", img, "grade 2", rng, style="closed", options=["grade 1", "grade 2", "grade 3"]),
+        make_record("mvi", img, True, rng),
+        make_record("nucleus_detection", img, [[0.1, 0.2, 0.3, 0.4]], rng),
+        make_record("nucleus_classification", img, {"tumor": [[0.1, 0.1, 0.2, 0.2]]}, rng),
+        # polygons answer: the left half of the image, with its gt mask file
+        make_record("nerve_segmentation", img, [[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]], rng,
+                    style="polygons", gt={"mask": left}),
+        make_record("cancer_in_nerve_segmentation", img, top, rng, style="mask"),
+        make_record("organ", img, "liver", rng, style="open",
+                    regions=[{"image": crop, "box": [0.1, 0.2, 0.4, 0.6]}]),
+        Record(id="input-mask", task="neural_invasion", answer_style="yes_no", image=img,
+               conversations=[{"from": "human", "value": "<image>\nIs there cancer inside <mask>?"},
+                              {"from": "gpt", "value": "Yes"}], masks=[left]),
+    ]
+    return records
+
+
+def _dataset(tmp_path: Path, processor, **kwargs) -> InstructionDataset:
+    path = write_jsonl(_every_kind(tmp_path), tmp_path / "train.jsonl")
+    return InstructionDataset([path], processor, **kwargs)
+
+
+def test_describe_region_text():
+    assert describe_region([0.12, 0.4, 0.25, 0.52]) == "Detail region at x 0.12-0.25, y 0.40-0.52:"
+    with pytest.raises(ValueError, match="relative"):
+        describe_region([0.5, 0.1, 0.2, 0.3])
+
+
+def test_every_task_kind_goes_through_collate_and_forward(tmp_path, tiny):
+    model, processor = tiny
+    data = _dataset(tmp_path, processor)
+    assert len(data) == 9 and not data.skipped
+    samples = [data[i] for i in range(len(data))]
+    batch = data.collate(samples)
+    ids, labels = batch["input_ids"], batch["labels"]
+
+    # labels only on assistant answers: each labelled span decodes to the gpt turn (+ eos)
+    for row, sample in enumerate(samples):
+        record = data.record(row)
+        labelled = labels[row][labels[row] != -100]
+        answer = processor.decode(labelled)
+        if record.answer_style in ("mask", "polygons"):
+            assert answer == "<mask>"
+        else:
+            assert answer == record.answer
+        n = len(sample.encoded.input_ids)
+        assert torch.equal(labelled, ids[row, :n][labels[row, :n] != -100])
+        assert int(batch["attention_mask"][row].sum()) == n
+
+    # image tokens: one full image per sample, plus one pooled detail region for the region record
+    pools = batch["image_pool"].tolist()
+    assert pools == [1] * 7 + [1, 3] + [1]
+    expected_tokens = sum(processor.tokens_per_image(p) for p in pools)
+    assert int((ids == processor.image_token_id).sum()) == expected_tokens
+    assert batch["pixel_values"].shape == (10, 3, processor.max_image_size, processor.max_image_size)
+    region_row = processor.decode(ids[7][ids[7] != processor.image_token_id])
+    assert describe_region([0.1, 0.2, 0.4, 0.6]) in region_row
+
+    # two output masks (rows 5 and 6), one input mask (row 8)
+    targets = batch["mask_targets"]
+    assert targets.shape == (2, processor.mask_target_size, processor.mask_target_size)
+    out_rows = [r for r in range(len(samples)) for _ in range(int(((ids[r] == processor.mask_token_id)
+                                                                    & (labels[r] != -100)).sum()))]
+    assert out_rows == [5, 6]
+    half = processor.mask_target_size // 2
+    assert targets[0, :, :half].all() and not targets[0, :, half:].any()  # left half (polygons row)
+    assert targets[1, :half].all() and not targets[1, half:].any()  # top half (mask row)
+    assert batch["mask_pixel_values"].shape[0] == 1
+    assert batch["mask_input_positions"].sum() == 1 and batch["mask_input_positions"][8].sum() == 1
+
+    with torch.no_grad():
+        out = model(**model_inputs(batch))
+    assert out.pred_masks.shape[0] == 2
+    assert torch.isfinite(out.loss) and torch.isfinite(out.mask_bce) and torch.isfinite(out.mask_dice)
+    assert batch["tasks"] == [data.record(i).task for i in range(len(data))]
+
+
+def test_polygons_mode_turns_mask_answers_into_contour_text(tmp_path, tiny):
+    _, processor = tiny
+    data = _dataset(tmp_path, processor, segmentation_output="polygons")
+    batch = data.collate([data[5], data[6]])
+    assert "mask_targets" not in batch
+    answer = processor.decode(batch["labels"][1][batch["labels"][1] != -100])
+    assert answer.replace(" ", "").startswith("<contour_list><polygon>[0.000,0.000]")
+    # the polygon record keeps its text answer
+    assert processor.decode(batch["labels"][0][batch["labels"][0] != -100]) == data.record(5).answer
+
+
+def test_mixture_weights_repeat_and_subsample(tmp_path, tiny):
+    _, processor = tiny
+    path = write_jsonl(_every_kind(tmp_path), tmp_path / "train.jsonl")
+    assert len(InstructionDataset([path, path], processor, mixture_weights=[2.0, 0.0])) == 18
+    half = InstructionDataset([path], processor, mixture_weights=[0.5], seed=3)
+    again = InstructionDataset([path], processor, mixture_weights=[0.5], seed=3)
+    assert len(half) == round(0.5 * 9) and half.index == again.index
+    with pytest.raises(ValueError, match="2 JSONL files given but 1 mixture weights"):
+        InstructionDataset([path, path], processor, mixture_weights=[1.0])
+
+
+def test_missing_image_truncated_line_and_unreadable_image_are_skipped(tmp_path, tiny):
+    _, processor = tiny
+    good = [make_record("subtype", _png(tmp_path / f"g{i}.png"), f"type {i}", random.Random(i), style="open",
+                        id=f"good-{i}") for i in range(3)]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    bad_image = make_record("subtype", str(broken), "x", random.Random(9), style="open", id="unreadable")
+    missing = make_record("subtype", str(tmp_path / "gone.png"), "x", random.Random(8), style="open", id="missing")
+    lines = [json.dumps(r.to_dict()) for r in (good[0], missing, good[1], bad_image, good[2])]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n" + lines[0][: len(lines[0]) // 2] + "\n")
+
+    data = InstructionDataset([path], processor)
+    assert [r.id for r in data.files[0]] == ["good-0", "good-1", "unreadable", "good-2"]
+    load_skips = dict(data.skipped)
+    assert len(load_skips) == 2
+    assert any("line 2" in where and "missing" in reason for where, reason in load_skips.items())
+    assert any("line 6" in where and "truncated" in reason for where, reason in load_skips.items())
+
+    sample = data[2]  # the unreadable image: replaced by the next sample, deterministically
+    assert sample.id == "good-2" and len(sample.skipped) == 1 and "unreadable" in sample.skipped[0]
+    assert data[2].id == "good-2"
+    assert "record 'unreadable'" in data.skipped and len(data.skipped) == 3
+    assert data.collate([data[0], data[2]])["skipped"] == sample.skipped
