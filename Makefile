@@ -2,8 +2,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VIEWER := src/omnipath_lvlm/serve/static/vendor/openseadragon/VERSION
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo viewer clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -11,12 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# the web viewer's OpenSeadragon comes from npm at set-up time (never committed)
+$(VIEWER):
+	bash scripts/build_viewer.sh || echo "warning: the web viewer's OpenSeadragon could not be installed (needs npm); the API still works"
 
-test: $(STAMP)
+setup: $(STAMP) $(VIEWER)
+
+viewer: $(VIEWER)
+
+test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-demo: $(STAMP)
+demo: setup
 	$(BIN)/python -m omnipath_lvlm.demo
 
 clean:
