@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omnipath_lvlm.data.records import Record, make_record, write_jsonl
+from omnipath_lvlm.data.records import Record, make_record, read_jsonl, write_jsonl
 from omnipath_lvlm.eval.runner import (
     PREDICTIONS,
     Answer,
@@ -18,7 +18,7 @@ from omnipath_lvlm.eval.runner import (
     SingleProcess,
     WorkItem,
     input_mask_paths,
-    load_model,
+    load_pipeline,
     plan_items,
     raster_size,
     read_predictions,
@@ -27,6 +27,7 @@ from omnipath_lvlm.eval.runner import (
     score_row,
 )
 
+PGFC = ("none", "random", "attention")
 TABLE_FILES = ("tables.md", "table1_patch.csv", "table2_slide.csv", "table4_segmentation.csv",
                "table5_detection.csv", "table6_pgfc.csv")
 
@@ -55,8 +56,8 @@ def write_test_set(folder: Path) -> Path:
         make_record("organ", patch, "Liver", rng, style="open", source="organ_set"),
         make_record("nucleus_detection", patch, [[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.7, 0.8]], rng,
                     image_size=[40, 32], source="monuseg"),
-        make_record("nucleus_classification", patch, {"tumor": [[0.1, 0.1, 0.3, 0.3]], "lymphocyte": [[0.6, 0.6, 0.8, 0.9]]},
-                    rng, source="pannuke"),
+        make_record("nucleus_classification", patch,
+                    {"tumor": [[0.1, 0.1, 0.3, 0.3]], "lymphocyte": [[0.6, 0.6, 0.8, 0.9]]}, rng, source="pannuke"),
         make_record("nerve_segmentation", patch, [[[0.1, 0.1], [0.6, 0.1], [0.5, 0.7]]], rng, style="polygons",
                     source="nerves"),
         make_record("nerve_segmentation", patch, str(folder / "mask.png"), rng, style="mask", source="nerves"),
@@ -74,7 +75,8 @@ def test_set(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded():
-    return load_model("test-tiny")
+    with pytest.warns(UserWarning, match="UNTRAINED"):
+        return load_pipeline("test-tiny")
 
 
 class Recording:
@@ -94,12 +96,29 @@ class Recording:
         return [key for batch in self.batches for key in batch]
 
 
+class Oracle:
+    """Answers items with an even index with the reference answer (and true mask), the others with 'unsure'."""
+
+    def answer(self, items):
+        answers = []
+        for item in items:
+            if item.index % 2:
+                answers.append(Answer(text="unsure"))
+                continue
+            masks = []
+            if item.record.answer_style == "mask":
+                with Image.open(item.record.gt["mask"]) as truth:
+                    masks = [np.asarray(truth) > 0]
+            answers.append(Answer(text=item.record.conversations[-1]["value"], masks=masks))
+        return answers
+
+
 def _answerer(loaded, **kwargs) -> ModelAnswerer:
-    return ModelAnswerer(loaded.model, loaded.processor, pipeline=loaded.pipeline, max_new_tokens=6, **kwargs)
+    return ModelAnswerer(loaded, max_new_tokens=4, **kwargs)
 
 
 def _config(test_set: Path, out: Path, **kwargs) -> EvalConfig:
-    values = {"model": "test-tiny", "data": test_set, "out": out, "batch_size": 3, "max_new_tokens": 6,
+    values = {"model": "test-tiny", "data": test_set, "out": out, "batch_size": 3, "max_new_tokens": 4,
               "pgfc": ("attention", "none")} | kwargs
     return EvalConfig(**values)
 
@@ -127,8 +146,6 @@ def reference_run(test_set, loaded, tmp_path_factory):
 
 
 def test_plan_items_repeats_slide_records_per_pgfc_mode(test_set):
-    from omnipath_lvlm.data.records import read_jsonl
-
     records, problems = read_jsonl(test_set)
     assert problems == []
     items = plan_items(records, ("attention", "random", "none"))
@@ -186,31 +203,30 @@ def test_config_rejects_unknown_pgfc_mode(tmp_path):
 # --------------------------------------------------------------------------- #
 
 
-def test_slide_items_show_thumbnail_and_detail_crops_by_mode(test_set, loaded):
-    from omnipath_lvlm.data.records import read_jsonl
+def test_patch_items_prompt_without_the_answer(test_set, loaded):
+    records, _ = read_jsonl(test_set)
+    answerer = ModelAnswerer(loaded)
+    prepared = answerer.prepare(WorkItem(0, records[0], None))
+    assert prepared.turns == records[0].conversations[:1]
+    assert [image.size for image in prepared.images] == [(40, 32)] and prepared.input_masks == []
+    with pytest.raises(ValueError, match="slide-level"):
+        answerer.prepare(WorkItem(0, records[-1], "none"))
 
+
+def test_slide_items_go_through_the_pipeline_with_their_pgfc_mode(test_set, loaded):
     records, _ = read_jsonl(test_set)
     slide_record = next(r for r in records if r.slide is not None)
-    answerer = ModelAnswerer(loaded.model, loaded.processor, num_regions=2, region_pool=3)
-    by_mode = {mode: answerer.prepare(WorkItem(0, slide_record, mode)) for mode in ("attention", "random", "none")}
-    assert by_mode["none"].pools == [1]
-    assert by_mode["none"].turns == slide_record.conversations[:-1]
-    # the record has one detail crop: attention shows it after the thumbnail, with its box in the text
-    assert by_mode["attention"].pools == [1, 3]
-    assert by_mode["attention"].boxes == [[0.1, 0.2, 0.4, 0.6]]
-    first_turn = by_mode["attention"].turns[0]["value"]
-    assert first_turn.count("<image>") == 2 and "[0.100, 0.200, 0.400, 0.600]" in first_turn
-    assert first_turn.endswith(slide_record.question)
-    assert by_mode["random"].pools == [1, 3, 3]
-    for box in by_mode["random"].boxes:
+    answerer = ModelAnswerer(loaded, max_new_tokens=3, num_regions=2)
+    items = [WorkItem(0, slide_record, mode) for mode in ("attention", "random", "none")]
+    items.append(WorkItem(1, records[0], None))
+    answers = answerer.answer(items)
+    assert [a.engine for a in answers] == ["pipeline", "pipeline", "pipeline", "model"]
+    assert len(answers[0].regions) == 2 and len(answers[1].regions) == 2 and answers[2].regions == []
+    for box in answers[0].regions + answers[1].regions:
         assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
-    again = answerer.prepare(WorkItem(0, slide_record, "random"))
-    assert again.boxes == by_mode["random"].boxes  # seeded by the record id
 
 
 def test_score_row_reads_the_ground_truth_of_each_style(test_set, tmp_path):
-    from omnipath_lvlm.data.records import read_jsonl
-
     records, _ = read_jsonl(test_set)
     config = EvalConfig(model="test-tiny", data=test_set, out=tmp_path, centroid_radius_px=6.0)
     rows = {r.answer_style + ("-slide" if r.slide else ""): score_row(WorkItem(0, r, "none" if r.slide else None),
@@ -269,17 +285,6 @@ def test_crashed_run_resumes_without_recomputing(reference_run, test_set, loaded
     assert third.keys == []
 
 
-def test_limit_then_full_run_matches_the_uninterrupted_run(reference_run, test_set, loaded, tmp_path):
-    reference_out, reference, _ = reference_run
-    first = Recording(_answerer(loaded))
-    limited = run_eval(_config(test_set, tmp_path, limit=2), answerer=first)
-    assert limited.items == 2 and sorted(first.keys) == sorted(_file_keys(tmp_path / PREDICTIONS))
-    second = Recording(_answerer(loaded))
-    run_eval(_config(test_set, tmp_path), answerer=second)
-    assert set(second.keys).isdisjoint(first.keys) and len(first.keys) + len(second.keys) == reference.items
-    assert _tables(tmp_path) == _tables(reference_out)
-
-
 def test_truncated_last_line_is_answered_again(reference_run, test_set, loaded, tmp_path):
     reference_out, reference, _ = reference_run
     text = (reference_out / PREDICTIONS).read_text()
@@ -294,6 +299,7 @@ def test_truncated_last_line_is_answered_again(reference_run, test_set, loaded, 
     recording = Recording(_answerer(loaded))
     run_eval(_config(test_set, tmp_path), answerer=recording)
     assert recording.keys == [lost_key]
+    # the last item is a slide item, answered alone by the pipeline both times: same text again
     assert (tmp_path / PREDICTIONS).read_text() == text
     assert _tables(tmp_path) == _tables(reference_out)
 
@@ -308,32 +314,30 @@ class FakeRank(SingleProcess):
     """One rank of a multi-process run, simulated in this process (ranks run one after the other)."""
 
 
-def test_ranks_split_items_by_index_and_main_merges(reference_run, test_set, loaded, tmp_path):
-    reference_out, reference, _ = reference_run
-    rank1 = Recording(_answerer(loaded))
+def test_ranks_split_items_by_index_and_main_merges(test_set, tmp_path):
+    rank1 = Recording(Oracle())
     result1 = run_eval(_config(test_set, tmp_path), answerer=rank1,
                        process=FakeRank(process_index=1, num_processes=2, is_main_process=False))
     assert result1.summaries == {} and not (tmp_path / "summary.json").exists()
-    rank_keys = _file_keys(tmp_path / "predictions.rank1.jsonl")
-    assert rank_keys == rank1.keys
-    items = {key: index for index, key in enumerate(_file_keys(reference_out / PREDICTIONS))}
-    assert all(items[key] % 2 == 1 for key in rank1.keys)
+    assert _file_keys(tmp_path / "predictions.rank1.jsonl") == rank1.keys
+    assert not (tmp_path / PREDICTIONS).exists()
 
-    rank0 = Recording(_answerer(loaded))
-    run_eval(_config(test_set, tmp_path), answerer=rank0,
-             process=FakeRank(process_index=0, num_processes=2, is_main_process=True))
-    assert all(items[key] % 2 == 0 for key in rank0.keys)
-    assert sorted(rank0.keys + rank1.keys) == sorted(items)
+    rank0 = Recording(Oracle())
+    result0 = run_eval(_config(test_set, tmp_path), answerer=rank0,
+                       process=FakeRank(process_index=0, num_processes=2, is_main_process=True))
+    index = {item.key: item.index for item in plan_items(read_jsonl(test_set)[0], ("attention", "none"))}
+    assert rank1.keys and all(index[key] % 2 == 1 for key in rank1.keys)
+    assert rank0.keys and all(index[key] % 2 == 0 for key in rank0.keys)
+    assert sorted(rank0.keys + rank1.keys) == sorted(index)
     assert not list(tmp_path.glob("predictions.rank*.jsonl"))
-    assert sorted(_file_keys(tmp_path / PREDICTIONS)) == sorted(items)
-    assert _tables(tmp_path) == _tables(reference_out)
+    keys = _file_keys(tmp_path / PREDICTIONS)
+    assert sorted(keys) == sorted(index) and result0.missing == []
 
 
 def test_generated_masks_are_saved_at_truth_size_and_scored(test_set, loaded, tmp_path):
     mask_id = loaded.processor.mask_token_id
-    forced = ModelAnswerer(loaded.model, loaded.processor, max_new_tokens=2,
-                           generate_kwargs={"sequence_bias": {(mask_id,): 100.0}})
-    config = _config(test_set, tmp_path, max_new_tokens=2)
+    forced = ModelAnswerer(loaded, max_new_tokens=2, generate_kwargs={"sequence_bias": {(mask_id,): 100.0}})
+    config = _config(test_set, tmp_path, max_new_tokens=2, limit=7)  # the patch records
     result = run_eval(config, answerer=forced)
     line = next(p for p in read_predictions(tmp_path / PREDICTIONS).values() if p["kind"] == "mask")
     assert line["prediction"].count("<mask>") == 2
@@ -343,13 +347,39 @@ def test_generated_masks_are_saved_at_truth_size_and_scored(test_set, loaded, tm
     assert mask_summary["parse_failures"] == 0 and 0.0 <= mask_summary["dice"] <= 1.0
 
 
-def test_answer_without_mask_is_a_parse_failure(test_set, tmp_path):
-    class Silent:
-        def answer(self, items):
-            return [Answer(text="no idea") for _ in items]
+def test_scores_follow_the_answers(test_set, tmp_path):
+    result = run_eval(_config(test_set, tmp_path, pgfc=("attention", "random", "none")), answerer=Oracle())
+    by_task = {(s["task"], s["variant"]): s for s in result.summaries.values()}
+    # patch records 0..6 are items 0..6: even ones answered right, odd ones unreadable
+    assert by_task["subtype", None]["accuracy"] == 1.0  # item 0
+    assert by_task["mvi", None]["accuracy"] == 0.0 and by_task["mvi", None]["parse_failures"] == 1  # item 1
+    assert by_task["organ", None]["accuracy"] == 1.0  # item 2
+    assert by_task["nucleus_detection", None]["f1"] == 0.0  # item 3
+    assert by_task["nucleus_classification", None]["f1"] == 1.0  # item 4
+    assert by_task["nerve_segmentation (polygons)", None]["dice"] == 0.0  # item 5
+    assert by_task["nerve_segmentation (mask)", None]["dice"] == 1.0  # item 6: the true mask
+    # slide records: prognosis = items 7, 8, 9 (attention, random, none); cancer_detection = items 10, 11, 12
+    assert [by_task["prognosis", v]["accuracy"] for v in PGFC] == [0.0, 1.0, 0.0]
+    assert [by_task["cancer_detection", v]["f1"] for v in PGFC] == [1.0, 0.0, 1.0]
+    table6 = (tmp_path / "table6_pgfc.csv").read_text().splitlines()
+    assert table6[0].startswith("Task,Group,w/o PGFC,Random,w/ PGFC")
+    assert table6[1].startswith("prognosis,slides,0.00,100.00,0.00")
 
-    result = run_eval(_config(test_set, tmp_path), answerer=Silent())
-    mask_summary = next(s for s in result.summaries.values() if s["kind"] == "mask")
-    assert mask_summary["parse_failures"] == 1 and mask_summary["dice"] == 0.0
-    closed = [s for s in result.summaries.values() if s["kind"] == "closed"]
-    assert all(s["accuracy"] == 0.0 and s["parse_failures"] == s["n"] for s in closed)
+
+def test_oracle_run_resumed_and_split_gives_the_same_tables(test_set, tmp_path):
+    whole = tmp_path / "whole"
+    run_eval(_config(test_set, whole), answerer=Oracle())
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError):
+        run_eval(_config(test_set, crashed), answerer=Recording(Oracle(), fail_at=2))
+    limited = run_eval(_config(test_set, crashed, limit=8), answerer=Oracle())
+    # 8 records: 7 patch items + 1 slide record in 2 PGFC modes; the 2 batches of 3 before the crash stay
+    assert (limited.items, limited.skipped, limited.generated) == (9, 6, 3)
+    run_eval(_config(test_set, crashed), answerer=Oracle())
+    assert _tables(crashed) == _tables(whole)
+    assert "100.00" in _tables(whole)["table1_patch.csv"]
+    split = tmp_path / "split"
+    for rank in (2, 1, 0):
+        run_eval(_config(test_set, split), answerer=Oracle(),
+                 process=FakeRank(process_index=rank, num_processes=3, is_main_process=rank == 0))
+    assert _tables(split) == _tables(whole)
