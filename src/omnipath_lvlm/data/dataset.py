@@ -1,0 +1,319 @@
+"""The training dataset: instruction records -> tokenised samples -> model batches.
+
+``InstructionDataset`` reads one or more JSONL record files (see
+:mod:`omnipath_lvlm.data.records`), mixes them with per-file weights and turns a
+record into a :class:`Sample` when it is indexed (images are opened lazily, in
+``__getitem__``, so a data-loader worker does the decoding):
+
+* the record's image (a patch file, or a slide read at its ``region`` / as a
+  thumbnail) is the first image, pool 1;
+* each detail crop in ``regions`` (prompt-guided detail completion training)
+  becomes an extra image with pool ``region_pool``, announced in the first user
+  turn by :func:`describe_region` text placed before its ``<image>``
+  placeholder;
+* segmentation answers follow ``segmentation_output``: in ``"mask"`` mode a
+  ``<contour_list>...</contour_list>`` answer becomes one output ``<mask>``
+  token whose target is ``gt["mask"]`` (or its polygons rasterised); in
+  ``"polygons"`` mode an output ``<mask>`` answer becomes the polygon text of
+  its mask file;
+* a ``<mask>`` in a user turn is an input mask, read from the record's ``masks``.
+
+A sample whose files cannot be read (or that is longer than ``max_length``) is
+logged, remembered in ``dataset.skipped`` (where -> reason) and replaced by the
+next readable sample, so the choice is deterministic and a run never dies on one
+bad sample. Lines ``read_jsonl`` rejects (truncated JSON, missing files, broken
+records) are in ``dataset.skipped`` too.
+
+``dataset.collate(samples)`` right-pads a list of samples into the keyword
+arguments of ``OmniPathForConditionalGeneration.forward`` plus bookkeeping
+(``tasks``, ``ids``, ``skipped``) that :data:`BOOKKEEPING_KEYS` names.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from omnipath_lvlm.config import IMAGE_TOKEN, MASK_TOKEN
+from omnipath_lvlm.data.records import GPT, Record, read_jsonl
+from omnipath_lvlm.processing import Encoded, OmniPathProcessor, pad_batch
+
+logger = logging.getLogger(__name__)
+
+SegmentationOutput = Literal["mask", "polygons"]
+# Keys of a collated batch that are not model inputs.
+BOOKKEEPING_KEYS = ("tasks", "ids", "skipped")
+
+_CONTOUR_LIST = re.compile(r"<contour_list>.*?</contour_list>", re.DOTALL)
+
+
+def describe_region(box: Sequence[float]) -> str:
+    """The text announcing a detail region of relative box ``[x1, y1, x2, y2]``.
+
+    >>> describe_region([0.12, 0.4, 0.25, 0.52])
+    'Detail region at x 0.12-0.25, y 0.40-0.52:'
+    """
+    if len(box) != 4:
+        raise ValueError(f"a detail region box must be [x1, y1, x2, y2], got {list(box)!r}")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
+        raise ValueError(f"a detail region box must be relative with 0 <= x1 < x2 <= 1, 0 <= y1 < y2 <= 1, got {list(box)!r}")
+    return f"Detail region at x {x1:.2f}-{x2:.2f}, y {y1:.2f}-{y2:.2f}:"
+
+
+@dataclass
+class Sample:
+    """One tokenised conversation with its images and masks."""
+
+    id: str
+    task: str
+    encoded: Encoded
+    pixel_values: torch.Tensor  # (N_img, 3, S, S)
+    mask_pixel_values: torch.Tensor  # (K_in, 1, h, h) input masks of user-turn <mask> tokens
+    mask_targets: torch.Tensor  # (K_out, H, H) targets of assistant-turn <mask> tokens
+    skipped: list[str] = field(default_factory=list)  # samples passed over to reach this one
+
+    @property
+    def image_pools(self) -> list[int]:
+        return list(self.encoded.image_pools)
+
+
+class InstructionDataset(Dataset):
+    """Instruction records of one or more JSONL files, mixed by weight (see the module docstring).
+
+    ``mixture_weights[i]`` is how many times file ``i``'s records are seen per
+    epoch: 2.0 repeats the file twice, 0.5 takes a seeded random half of it.
+    """
+
+    def __init__(
+        self,
+        jsonl_paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+        processor: OmniPathProcessor,
+        mixture_weights: Sequence[float] | None = None,
+        segmentation_output: SegmentationOutput = "mask",
+        region_pool: int = 3,
+        seed: int = 0,
+        max_length: int | None = None,
+    ):
+        paths = [jsonl_paths] if isinstance(jsonl_paths, (str, os.PathLike)) else list(jsonl_paths)
+        if not paths:
+            raise ValueError("no JSONL files given")
+        weights = [1.0] * len(paths) if mixture_weights is None else [float(w) for w in mixture_weights]
+        if len(weights) != len(paths):
+            raise ValueError(f"{len(paths)} JSONL files given but {len(weights)} mixture weights")
+        if any(w < 0 or w != w for w in weights):
+            raise ValueError(f"mixture weights must be non-negative numbers, got {weights}")
+        if segmentation_output not in ("mask", "polygons"):
+            raise ValueError(f"segmentation_output must be 'mask' or 'polygons', got {segmentation_output!r}")
+        if region_pool < 1:
+            raise ValueError(f"region_pool must be >= 1, got {region_pool}")
+        self.processor = processor
+        self.segmentation_output: SegmentationOutput = segmentation_output
+        self.region_pool = int(region_pool)
+        self.max_length = max_length
+        self.skipped: dict[str, str] = {}  # where -> reason
+        self.files: list[list[Record]] = []
+        for path in paths:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"training data file {path} does not exist")
+            records, problems = read_jsonl(path)
+            for problem in problems:
+                self._skip(f"{path} {problem.split(':', 1)[0]}", problem.split(":", 1)[1].strip())
+            self.files.append(records)
+        self.index = _mixture_index([len(r) for r in self.files], weights, seed)  # [(file, record)]
+        if not self.index:
+            raise ValueError(f"no usable records in {', '.join(map(str, paths))} (weights {weights})")
+
+    # ------------------------------------------------------------------ bookkeeping
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def record(self, idx: int) -> Record:
+        f, r = self.index[idx]
+        return self.files[f][r]
+
+    @property
+    def task_names(self) -> list[str]:
+        """Every task in the data, sorted (a fixed order for per-task loss logging)."""
+        return sorted({r.task for records in self.files for r in records})
+
+    def _skip(self, where: str, reason: str) -> None:
+        logger.warning("skipping %s: %s", where, reason)
+        self.skipped[where] = reason
+
+    # ------------------------------------------------------------------ samples
+    def __getitem__(self, idx: int) -> Sample:
+        if not 0 <= idx < len(self):
+            raise IndexError(f"index {idx} is outside the dataset of {len(self)} samples")
+        passed: list[str] = []
+        for offset in range(len(self)):
+            record = self.record((idx + offset) % len(self))
+            try:
+                sample = self.build_sample(record)
+            except Exception as exc:  # a bad file must not end the run: skip it, note why
+                reason = f"{type(exc).__name__}: {exc}"
+                self._skip(f"record {record.id!r}", reason)
+                passed.append(f"record {record.id!r}: {reason}")
+                continue
+            sample.skipped = passed
+            return sample
+        raise RuntimeError(f"every one of the {len(self)} samples failed to load; first failures: {passed[:3]}")
+
+    def build_sample(self, record: Record) -> Sample:
+        """Load and tokenise one record (raises on unreadable files)."""
+        proc = self.processor
+        conversation, input_files, targets = self._conversation(record)
+        images = [self._main_image(record)] + [_read_rgb(d["image"]) for d in record.regions]
+        pools = [1] + [self.region_pool] * len(record.regions)
+        encoded = proc.encode_conversation(conversation, image_pools=pools)
+        if self.max_length is not None and len(encoded.input_ids) > self.max_length:
+            raise ValueError(f"{len(encoded.input_ids)} tokens exceed max_length {self.max_length}")
+        n_in = sum(encoded.mask_input_positions)
+        if n_in != len(input_files):
+            raise ValueError(f"{len(input_files)} input masks for {n_in} user-turn {MASK_TOKEN} tokens")
+        n_out = sum(1 for t, lab in zip(encoded.input_ids, encoded.labels) if t == proc.mask_token_id and lab != -100)
+        if n_out != len(targets):
+            raise ValueError(f"{len(targets)} mask targets for {n_out} assistant-turn {MASK_TOKEN} tokens")
+        size = proc.mask_target_size
+        return Sample(
+            id=record.id,
+            task=record.task,
+            encoded=encoded,
+            pixel_values=proc.preprocess_images(images),
+            mask_pixel_values=proc.preprocess_masks(
+                [_read_mask(p) for p in input_files], proc.mask_input_size, "input mask").unsqueeze(1),
+            mask_targets=proc.preprocess_masks([t if isinstance(t, np.ndarray) else _read_mask(t) for t in targets],
+                                               size, "mask target"),
+        )
+
+    def _main_image(self, record: Record) -> Image.Image:
+        if record.image is not None:
+            return _read_rgb(record.image)
+        from omnipath_lvlm.wsi.slide import open_slide
+
+        side = self.processor.max_image_size
+        with open_slide(record.slide) as slide:
+            if record.region is not None:
+                x, y, w, h = record.region
+                return slide.read_region((x, y), (w, h), out_size=(side, side))
+            return slide.thumbnail(side)
+
+    def _conversation(self, record: Record) -> tuple[list[dict[str, str]], list[str], list[str | np.ndarray]]:
+        """The conversation as the model sees it, the input-mask files and the output-mask targets."""
+        mask_files = iter(record.masks)
+        n_contours = sum(len(_CONTOUR_LIST.findall(t["value"])) for t in record.conversations if t["from"] == GPT)
+        gt_mask = record.gt.get("mask") if isinstance(record.gt.get("mask"), str) and n_contours == 1 else None
+        size = self.processor.mask_target_size
+        inputs: list[str] = []
+        targets: list[str | np.ndarray] = []
+        turns: list[dict[str, str]] = []
+        for i, turn in enumerate(record.conversations):
+            text = turn["value"]
+            if turn["from"] != GPT:
+                inputs += [next(mask_files) for _ in range(text.count(MASK_TOKEN))]
+            elif self.segmentation_output == "mask":
+                # existing <mask> answers and <contour_list> answers both become output masks, in order
+                pieces: list[str] = []
+                for part in re.split(f"({_CONTOUR_LIST.pattern}|{re.escape(MASK_TOKEN)})", text, flags=re.DOTALL):
+                    if part == MASK_TOKEN:
+                        targets.append(next(mask_files))
+                    elif part.startswith("<contour_list>") and part.endswith("</contour_list>"):
+                        targets.append(gt_mask if gt_mask is not None else _rasterise(part, size))
+                        part = MASK_TOKEN
+                    pieces.append(part)
+                text = "".join(pieces)
+            else:
+                pieces = text.split(MASK_TOKEN)
+                text = pieces[0] + "".join(_polygon_text(next(mask_files)) + p for p in pieces[1:])
+            if i == 0 and record.regions:
+                head, _, rest = text.partition(IMAGE_TOKEN)
+                details = "".join(f"\n{describe_region(d['box'])} {IMAGE_TOKEN}" for d in record.regions)
+                text = head + IMAGE_TOKEN + details + rest
+            turns.append({"from": turn["from"], "value": text})
+        return turns, inputs, targets
+
+    # ------------------------------------------------------------------ batches
+    def collate(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """Right-padded model inputs of ``samples`` plus ``tasks`` / ``ids`` / ``skipped`` bookkeeping.
+
+        ``mask_targets`` (K_out, H, H) follow the output ``<mask>`` tokens in batch order (sample by
+        sample, left to right), which is the order the model decodes them in.
+        """
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        padded = pad_batch([s.encoded for s in samples], self.processor.tokenizer.pad_token_id, left=False)
+        batch: dict[str, Any] = {
+            "input_ids": padded["input_ids"],  # (B, L)
+            "attention_mask": padded["attention_mask"],  # (B, L)
+            "labels": padded["labels"],  # (B, L)
+            "pixel_values": torch.cat([s.pixel_values for s in samples]),  # (N_img, 3, S, S)
+            "image_pool": torch.tensor([p for s in samples for p in s.image_pools], dtype=torch.long),  # (N_img,)
+        }
+        if any(len(s.mask_pixel_values) for s in samples):
+            batch["mask_pixel_values"] = torch.cat([s.mask_pixel_values for s in samples])  # (K_in, 1, h, h)
+            batch["mask_input_positions"] = padded["mask_input_positions"]  # (B, L)
+        if any(len(s.mask_targets) for s in samples):
+            batch["mask_targets"] = torch.cat([s.mask_targets for s in samples])  # (K_out, H, H)
+        batch["tasks"] = [s.task for s in samples]
+        batch["ids"] = [s.id for s in samples]
+        batch["skipped"] = [reason for s in samples for reason in s.skipped]
+        return batch
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-forward keyword arguments of a collated batch (bookkeeping removed)."""
+    return {k: v for k, v in batch.items() if k not in BOOKKEEPING_KEYS}
+
+
+# ---------------------------------------------------------------------- helpers
+def _mixture_index(sizes: Sequence[int], weights: Sequence[float], seed: int) -> list[tuple[int, int]]:
+    """(file, record) pairs: each file repeated ``floor(w)`` times plus a seeded ``frac(w)`` share."""
+    rng = random.Random(seed)
+    index: list[tuple[int, int]] = []
+    for f, (n, w) in enumerate(zip(sizes, weights)):
+        whole, frac = int(w), w - int(w)
+        chosen = list(range(n)) * whole + sorted(rng.sample(range(n), round(frac * n)))
+        index += [(f, r) for r in chosen]
+    return index
+
+
+def _read_rgb(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()  # decode now: a truncated file fails here, inside the skip handler
+        return image.convert("RGB")
+
+
+def _read_mask(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L")) > 0  # (H, W) bool
+
+
+def _rasterise(contour_text: str, size: int) -> np.ndarray:
+    """A ``<contour_list>`` answer (relative polygons) drawn as a (size, size) mask."""
+    from omnipath_lvlm.data.formats import parse_polygons
+    from omnipath_lvlm.data.geometry import polygons_to_mask, to_absolute
+
+    parsed = parse_polygons(contour_text)
+    polygons = [to_absolute(np.asarray(p, dtype=np.float64), size, size) for p in parsed.items]
+    return polygons_to_mask(polygons, (size, size))
+
+
+def _polygon_text(mask_path: str) -> str:
+    """The ``<contour_list>`` answer of a mask file (relative polygons)."""
+    from omnipath_lvlm.data.formats import format_polygons
+    from omnipath_lvlm.data.geometry import mask_to_polygons, to_relative
+
+    mask = _read_mask(mask_path)
+    height, width = mask.shape
+    polygons = [to_relative(p, width, height) for p in mask_to_polygons(mask)]
+    return format_polygons(np.clip(p, 0.0, 1.0).tolist() for p in polygons)
