@@ -13,6 +13,8 @@ import sys
 # (subcommand, module that defines `register(subparsers)`)
 _AREAS = (
     "omnipath_lvlm.info",
+    "omnipath_lvlm.chat",
+    "omnipath_lvlm.demo",
     "omnipath_lvlm.data.cli",
     "omnipath_lvlm.synth.cli",
     "omnipath_lvlm.wsi.cli",
