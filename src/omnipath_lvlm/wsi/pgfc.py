@@ -1,0 +1,279 @@
+"""Prompt-guided detail feature completion (PGFC, paper section 4.2).
+
+A whole slide is first seen as one thumbnail, stretched to the model's square input. The
+last prompt token's attention over the thumbnail's image tokens in the LLM's first layer,
+averaged over heads (the paper's A_last, section 3.2), says which parts of the image the
+answer is about to draw on. PGFC drops the tokens that lie on background, keeps the top-S,
+reads the slide regions under those token cells at high resolution, encodes them in one
+batch through the same vision tower (average-pooled to fewer tokens) and answers from the
+thumbnail, the regions (each preceded by a text description of its position, written by
+`omnipath_lvlm.data.dataset.describe_region` exactly as in training) and the prompt.
+
+This module holds the pieces; `omnipath_lvlm.wsi.pipeline` strings them together:
+
+* `first_layer_attention` / `last_token_image_attention`: A_last without running the LLM,
+* `PGFCConfig` and `select_tokens`: which token cells get a detail region,
+* `cell_box` / `region_box`: token cell -> level-0 box, `relative_box`: -> 0..1 of the slide,
+* `read_regions` / `encode_regions`: pixels and vision tokens of the chosen regions,
+* `build_conversation`: the prompt with the thumbnail and the regions in place.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from omnipath_lvlm.config import IMAGE_TOKEN
+from omnipath_lvlm.model import EncodedImages
+
+Box = tuple[float, float, float, float]  # (x1, y1, x2, y2)
+Mode = Literal["attention", "random", "none"]
+MODES: tuple[str, ...] = ("attention", "random", "none")
+
+
+class RegionSource(Protocol):
+    """What PGFC needs from a slide: its level-0 size and region reads (see `wsi.slide.Slide`)."""
+
+    @property
+    def dimensions(self) -> tuple[int, int]: ...
+
+    def read_region(
+        self, location_level0: tuple[float, float], size_level0: tuple[float, float], out_size: tuple[int, int] | None = None
+    ) -> Image.Image: ...
+
+
+@dataclass(frozen=True)
+class PGFCConfig:
+    """How detail regions are chosen and read.
+
+    ``num_regions``: S, regions per answer. ``mode``: "attention" (top-S of A_last on tissue),
+    "random" (S random tissue tokens, the paper's ablation) or "none" (thumbnail only).
+    ``region_pool``: average-pooling of each region's token grid. ``region_size``: level-0
+    side of a region (default: the token cell's own level-0 size). ``read_size``: pixels a
+    region is read at (default: the processor's ``max_image_size``). ``min_tissue``: share
+    of a token cell that must be tissue for it to be a candidate.
+    """
+
+    num_regions: int = 8
+    mode: Mode = "attention"
+    region_pool: int = 3
+    region_size: int | None = None
+    read_size: int | None = None
+    seed: int = 0
+    min_tissue: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"PGFC mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.num_regions < 0:
+            raise ValueError(f"num_regions must be >= 0, got {self.num_regions}")
+        if self.region_pool < 1:
+            raise ValueError(f"region_pool must be >= 1, got {self.region_pool}")
+        if self.region_size is not None and self.region_size < 1:
+            raise ValueError(f"region_size must be a positive level-0 side in pixels, got {self.region_size}")
+        if self.read_size is not None and self.read_size < 1:
+            raise ValueError(f"read_size must be a positive side in pixels, got {self.read_size}")
+        if not 0.0 < self.min_tissue <= 1.0:
+            raise ValueError(f"min_tissue must be in (0, 1], got {self.min_tissue}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any detail region is read at all."""
+        return self.mode != "none" and self.num_regions > 0
+
+
+# --------------------------------------------------------------------------- token scores
+
+
+def prompt_embeddings(model, input_ids: torch.Tensor, encoded: EncodedImages) -> torch.Tensor:
+    """Input embeddings (B, L, D) with the image-token positions filled by ``encoded.tokens``."""
+    embeds = model.get_input_embeddings()(input_ids)  # (B, L, D)
+    where = input_ids == model.config.image_token_id  # (B, L)
+    n_slots, n_tokens = int(where.sum()), encoded.tokens.shape[0]
+    if n_slots != n_tokens:
+        raise ValueError(f"the prompt has {n_slots} image tokens but the encoded images give {n_tokens}")
+    return embeds.masked_scatter(where.unsqueeze(-1).expand_as(embeds), encoded.tokens.to(embeds.dtype))
+
+
+def first_layer_attention(
+    model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, query_positions: Sequence[int]
+) -> torch.Tensor:
+    """Head-averaged attention of the LLM's first layer for some query positions: (Q, L).
+
+    Computes only what those rows need: the first layer's input norm, keys for the whole
+    sequence and queries for ``query_positions``, rotary embeddings (positions 0..L-1, as the
+    decoder uses when no position ids are given), q/k norms when the layer has them, grouped
+    key/value heads repeated, then a causal softmax that honours ``attention_mask`` (1 = real
+    token) and a sliding window when the layer has one. Batch size must be 1.
+    """
+    if inputs_embeds.ndim != 3 or inputs_embeds.shape[0] != 1:
+        raise ValueError(f"inputs_embeds must be (1, L, D) (one prompt), got shape {tuple(inputs_embeds.shape)}")
+    length = inputs_embeds.shape[1]
+    positions = torch.as_tensor(list(query_positions), dtype=torch.long, device=inputs_embeds.device)  # (Q,)
+    if positions.numel() == 0 or int(positions.min()) < 0 or int(positions.max()) >= length:
+        raise ValueError(f"query positions {list(query_positions)} must be non-empty and inside 0..{length - 1}")
+    decoder = model.decoder
+    layer = decoder.layers[0]
+    attn = getattr(layer, "self_attn", None)
+    if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "head_dim", "scaling")):
+        raise ValueError(f"{type(layer).__name__} is not a Llama-family decoder layer (q_proj/k_proj/head_dim/scaling)")
+    head_dim = int(attn.head_dim)
+
+    with torch.no_grad():
+        hidden = layer.input_layernorm(inputs_embeds)  # (1, L, D)
+        keys = attn.k_proj(hidden).view(1, length, -1, head_dim)  # (1, L, H_kv, hd)
+        queries = attn.q_proj(hidden[:, positions]).view(1, len(positions), -1, head_dim)  # (1, Q, H, hd)
+        if hasattr(attn, "k_norm") and hasattr(attn, "q_norm"):
+            keys, queries = attn.k_norm(keys), attn.q_norm(queries)
+        keys, queries = keys.transpose(1, 2), queries.transpose(1, 2)  # (1, H_kv, L, hd), (1, H, Q, hd)
+
+        position_ids = torch.arange(length, device=inputs_embeds.device).unsqueeze(0)  # (1, L)
+        cos, sin = decoder.rotary_emb(hidden, position_ids=position_ids)  # (1, L, hd) each
+        queries, _ = apply_rotary_pos_emb(queries, queries, cos[:, positions], sin[:, positions])
+        _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
+        n_heads, n_kv = queries.shape[1], keys.shape[1]
+        if n_heads % n_kv:
+            raise ValueError(f"{n_heads} query heads cannot share {n_kv} key/value heads")
+        keys = keys.repeat_interleave(n_heads // n_kv, dim=1)  # (1, H, L, hd)
+
+        logits = torch.matmul(queries, keys.transpose(2, 3)).float() * float(attn.scaling)  # (1, H, Q, L)
+        key_index = torch.arange(length, device=inputs_embeds.device)
+        allowed = key_index[None, :] <= positions[:, None]  # (Q, L) causal
+        # Qwen2-style layers carry their own window (None on full-attention layers); Mistral reads its config
+        if hasattr(attn, "sliding_window"):
+            window = attn.sliding_window
+        else:
+            window = getattr(getattr(attn, "config", None), "sliding_window", None)
+        if window:
+            allowed &= key_index[None, :] > positions[:, None] - int(window)
+        if attention_mask is not None:
+            mask = attention_mask.reshape(-1).to(device=inputs_embeds.device).bool()
+            if mask.numel() != length:
+                raise ValueError(f"attention_mask has {mask.numel()} entries but the prompt has {length} tokens")
+            allowed &= mask[None, :]
+        logits = logits.masked_fill(~allowed[None, None], float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (1, H, Q, L); a fully masked row gives zeros
+    return weights.mean(dim=1)[0]  # (Q, L)
+
+
+def last_token_image_attention(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, inputs_embeds: torch.Tensor
+) -> torch.Tensor:
+    """A_last: the last prompt token's first-layer, head-averaged attention over the image tokens (N_img,).
+
+    ``input_ids`` (1, L) locates the image tokens; ``inputs_embeds`` (1, L, D) holds the
+    embeddings the LLM sees (image tokens already replaced by vision features).
+    """
+    ids = input_ids.reshape(1, -1) if input_ids.ndim == 1 else input_ids
+    if ids.shape[0] != 1 or ids.shape[1] != inputs_embeds.shape[1]:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and inputs_embeds {tuple(inputs_embeds.shape)} must be one prompt of the same length"
+        )
+    row = first_layer_attention(model, inputs_embeds, attention_mask, [ids.shape[1] - 1])[0]  # (L,)
+    return row[(ids[0] == model.config.image_token_id).to(row.device)]  # (N_img,)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select_tokens(scores: np.ndarray, tissue: np.ndarray, config: PGFCConfig) -> list[tuple[int, int]]:
+    """(row, col) of the token cells that get a detail region, best first.
+
+    "attention": the top-S scores among tissue cells (ties broken by position);
+    "random": S tissue cells drawn with ``config.seed``; "none": nothing. Background cells
+    are never chosen; fewer than S tissue cells give fewer regions.
+    """
+    scores, tissue = np.asarray(scores, dtype=np.float64), np.asarray(tissue, dtype=bool)
+    if scores.ndim != 2 or scores.shape != tissue.shape:
+        raise ValueError(f"scores {scores.shape} and tissue {tissue.shape} must be the same (rows, cols) grid")
+    if not config.active:
+        return []
+    cols = scores.shape[1]
+    candidates = np.flatnonzero(tissue.ravel())  # (C,)
+    count = min(config.num_regions, len(candidates))
+    if config.mode == "attention":
+        order = np.argsort(-scores.ravel()[candidates], kind="stable")
+        chosen = candidates[order[:count]]
+    else:
+        chosen = np.random.default_rng(config.seed).choice(candidates, size=count, replace=False)
+    return [(int(i) // cols, int(i) % cols) for i in chosen]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def cell_box(token: tuple[int, int], grid: int, slide_size: tuple[int, int]) -> Box:
+    """Level-0 box of token cell (row, col) of a grid x grid thumbnail stretched to a square."""
+    row, col = token
+    if not (0 <= row < grid and 0 <= col < grid):
+        raise ValueError(f"token {token} is outside the {grid}x{grid} token grid")
+    width, height = slide_size
+    return (col / grid * width, row / grid * height, (col + 1) / grid * width, (row + 1) / grid * height)
+
+
+def region_box(token: tuple[int, int], grid: int, slide_size: tuple[int, int], region_size: int | None = None) -> Box:
+    """Level-0 box read for a token: its cell, or a ``region_size`` square centred on it (kept inside the slide)."""
+    x1, y1, x2, y2 = cell_box(token, grid, slide_size)
+    if region_size is None:
+        return (x1, y1, x2, y2)
+    width, height = slide_size
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left = min(max(cx - region_size / 2, 0.0), max(width - region_size, 0.0))
+    top = min(max(cy - region_size / 2, 0.0), max(height - region_size, 0.0))
+    return (left, top, left + region_size, top + region_size)
+
+
+def relative_box(box: Box, slide_size: tuple[int, int]) -> Box:
+    """A level-0 box as fractions (0..1) of the slide's width and height, clipped to the slide."""
+    width, height = slide_size
+    x1, y1, x2, y2 = box
+    return (max(x1 / width, 0.0), max(y1 / height, 0.0), min(x2 / width, 1.0), min(y2 / height, 1.0))
+
+
+# --------------------------------------------------------------------------- reading and encoding
+
+
+def read_regions(slide: RegionSource, boxes: Sequence[Box], read_size: int) -> list[Image.Image]:
+    """RGB pictures (read_size x read_size) of level-0 boxes; pixels off the slide come out as background."""
+    pictures = []
+    for x1, y1, x2, y2 in boxes:
+        location = (math.floor(x1), math.floor(y1))
+        size = (max(1, math.ceil(x2) - location[0]), max(1, math.ceil(y2) - location[1]))
+        pictures.append(slide.read_region(location, size, (read_size, read_size)))
+    return pictures
+
+
+def encode_regions(model, processor, pictures: Sequence[Image.Image], pool: int) -> EncodedImages:
+    """All regions through the vision tower in ONE batch, each token grid pooled by ``pool``."""
+    pixel_values = processor.preprocess_images(list(pictures)).to(model.device)  # (S, 3, size, size)
+    with torch.no_grad():
+        return model.encode_images(pixel_values, image_pool=[pool] * len(pictures))
+
+
+# --------------------------------------------------------------------------- prompt
+
+
+def build_conversation(
+    question: str, history: Sequence[tuple[str, str]] = (), region_texts: Sequence[str] = ()
+) -> list[dict[str, str]]:
+    """The conversation: thumbnail ``<image>`` and detail regions in the first user turn, earlier turns, the question.
+
+    The layout is the training data's (``omnipath_lvlm.data.dataset``): the first user turn reads
+    ``<image>`` then, per region, ``"\n" + position text + " <image>"``, then ``"\n"`` and its text.
+    """
+    if IMAGE_TOKEN in question or any(IMAGE_TOKEN in q or IMAGE_TOKEN in a for q, a in history):
+        raise ValueError(f"the question and history must not contain {IMAGE_TOKEN}: the pipeline places the images")
+    images = IMAGE_TOKEN + "".join(f"\n{text} {IMAGE_TOKEN}" for text in region_texts) + "\n"
+    asked = [q for q, _ in history] + [question]
+    turns: list[dict[str, str]] = []
+    for i, text in enumerate(asked):
+        turns.append({"from": "human", "value": (images if i == 0 else "") + text})
+        if i < len(history):
+            turns.append({"from": "gpt", "value": history[i][1]})
+    return turns
