@@ -52,3 +52,30 @@ def test_chat_refuses_a_bad_slide(tmp_path, capsys):
     assert run_chat(args, stdin=io.StringIO(""), stdout=io.StringIO()) == 2
     assert "cannot read the slide" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_chat_turn_can_point_at_a_region_with_a_mask_file(tmp_path):
+    image = tmp_path / "tile.png"
+    Image.fromarray(np.full((64, 64, 3), 210, dtype=np.uint8)).save(image)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[10:30, 20:40] = 255
+    Image.fromarray(mask).save(tmp_path / "region.png")
+    stdin = io.StringIO(f"/mask {tmp_path / 'region.png'} Is this neural invasion?\n/mask nothing.png\n")
+    stdout = io.StringIO()
+    args = Namespace(source=str(image), model="test-tiny", out=str(tmp_path / "chat"), pgfc="none", num_regions=0,
+                     max_new_tokens=2)
+    assert run_chat(args, stdin=stdin, stdout=stdout) == 0
+    answer = json.loads((tmp_path / "chat" / "turn-001" / "answer.json").read_text())
+    assert answer["question"] == "Is this neural invasion? <mask>"
+    assert "usage: /mask FILE.png QUESTION" in stdout.getvalue()
+
+
+def test_pipeline_refuses_mask_count_mismatch():
+    import pytest
+
+    from omnipath_lvlm.wsi.pipeline import untrained_pipeline
+
+    pipe = untrained_pipeline()
+    img = Image.fromarray(np.full((64, 64, 3), 200, dtype=np.uint8))
+    with pytest.raises(ValueError, match="1 input masks given but the question holds 0 <mask> tokens"):
+        pipe.analyze(img, "Is this MVI?", input_masks=[np.ones((8, 8), bool)], max_new_tokens=1)

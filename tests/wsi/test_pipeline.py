@@ -24,7 +24,7 @@ from omnipath_lvlm.wsi.pipeline import (
 from omnipath_lvlm.wsi.slide import SlideError
 
 STAGES = {"open", "thumbnail", "encode", "score", "regions", "generate", "parse", "total"}
-OUTPUT_FILES = {"answer.json", "regions.geojson", "overlay.png", "attention.png"}
+OUTPUT_FILES = {"answer.json", "regions.geojson", "overlay.png", "attention.png", "report.html"}
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +209,29 @@ def test_cli_analyze_bad_file_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["analyze", str(bad), "-q", "Grade?", "--model", "test-tiny", "--out", str(out)]) == 2
     assert "empty.svs" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_analyze_folder_and_csv_skip_finished_slides(tmp_path, capsys):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name, size in (("a.png", (200, 160)), ("b.png", (160, 200))):
+        tissue_picture(size).save(folder / name)
+    (folder / "notes.txt").write_text("not a slide")
+    out = tmp_path / "results"
+    args = ["-q", "Grade?", "--model", "test-tiny", "--out", str(out), "--num-regions", "2", "--max-new-tokens", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["analyze", str(folder), *args]) == 0
+        assert {p.name for p in out.iterdir()} == {"a", "b"}
+        assert {p.name for p in (out / "a").iterdir()} == OUTPUT_FILES
+        first = (out / "a" / "answer.json").stat().st_mtime_ns
+        capsys.readouterr()
+        assert main(["analyze", str(folder), *args]) == 0  # rerun: nothing left to do
+        assert "2 already done, 0 to analyse" in capsys.readouterr().err
+        assert (out / "a" / "answer.json").stat().st_mtime_ns == first
+        listing = tmp_path / "list.csv"
+        listing.write_text("path\nslides/b.png\nslides/missing.png\n")
+        code = main(["analyze", str(listing), *args[:-6], "--out", str(tmp_path / "csv"), *args[-4:]])
+    assert code == 1  # one slide of the list is missing: reported, the others still done
+    assert (tmp_path / "csv" / "b" / "answer.json").is_file()
+    assert "missing.png" in capsys.readouterr().err

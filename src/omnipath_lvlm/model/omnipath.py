@@ -183,25 +183,13 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         if input_ids is not None and input_ids.shape[-1] == 0:
             raise ValueError("the prompt is empty: input_ids has no tokens")
         prefill = cache is None or cache.get_seq_length() == 0
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
-
         if prefill and pixel_values is not None and encoded_images is None:
             encoded_images = self.encode_images(pixel_values, image_pool)
-        if prefill and input_ids is not None:
-            n_image_tokens = int((input_ids == self.config.image_token_id).sum())
-            n_features = 0 if encoded_images is None else encoded_images.tokens.shape[0]
-            if n_image_tokens != n_features:
-                n_images = 0 if encoded_images is None else len(encoded_images.tokens_per_image)
-                raise ValueError(
-                    f"{n_images} images give {n_features} image features but the prompt has {n_image_tokens} "
-                    f"image tokens (did the processor expand every <image> placeholder?)"
-                )
-            if n_features:
-                where = (input_ids == self.config.image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
-                inputs_embeds = inputs_embeds.masked_scatter(where, encoded_images.tokens.to(inputs_embeds.dtype))
-            if mask_pixel_values is not None:
-                inputs_embeds = self._insert_input_masks(input_ids, inputs_embeds, mask_pixel_values, mask_input_positions)
+        if inputs_embeds is None:
+            if prefill:
+                inputs_embeds = self.embed_inputs(input_ids, encoded_images, mask_pixel_values, mask_input_positions)
+            else:
+                inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
 
         need_hidden = bool(output_hidden_states) or mask_targets is not None
         outputs = self.decoder(
@@ -244,6 +232,31 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
             pred_masks=pred_masks,
             encoded_images=encoded_images,
         )
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        encoded_images: EncodedImages | None = None,
+        mask_pixel_values: torch.Tensor | None = None,
+        mask_input_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The LLM's input embeddings (B, L, D): token embeddings with image tokens replaced by
+        projected image features and prompt ``<mask>`` tokens by mask-encoder embeddings."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
+        n_image_tokens = int((input_ids == self.config.image_token_id).sum())
+        n_features = 0 if encoded_images is None else encoded_images.tokens.shape[0]
+        if n_image_tokens != n_features:
+            n_images = 0 if encoded_images is None else len(encoded_images.tokens_per_image)
+            raise ValueError(
+                f"{n_images} images give {n_features} image features but the prompt has {n_image_tokens} "
+                f"image tokens (did the processor expand every <image> placeholder?)"
+            )
+        if n_features:
+            where = (input_ids == self.config.image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
+            inputs_embeds = inputs_embeds.masked_scatter(where, encoded_images.tokens.to(inputs_embeds.dtype))
+        if mask_pixel_values is not None:
+            inputs_embeds = self._insert_input_masks(input_ids, inputs_embeds, mask_pixel_values, mask_input_positions)
+        return inputs_embeds
 
     def _insert_input_masks(self, input_ids, inputs_embeds, mask_pixel_values, mask_input_positions):
         if mask_input_positions is None:

@@ -91,14 +91,9 @@ class PGFCConfig:
 # --------------------------------------------------------------------------- token scores
 
 
-def prompt_embeddings(model, input_ids: torch.Tensor, encoded: EncodedImages) -> torch.Tensor:
-    """Input embeddings (B, L, D) with the image-token positions filled by ``encoded.tokens``."""
-    embeds = model.get_input_embeddings()(input_ids)  # (B, L, D)
-    where = input_ids == model.config.image_token_id  # (B, L)
-    n_slots, n_tokens = int(where.sum()), encoded.tokens.shape[0]
-    if n_slots != n_tokens:
-        raise ValueError(f"the prompt has {n_slots} image tokens but the encoded images give {n_tokens}")
-    return embeds.masked_scatter(where.unsqueeze(-1).expand_as(embeds), encoded.tokens.to(embeds.dtype))
+def prompt_embeddings(model, input_ids: torch.Tensor, encoded: EncodedImages, mask_inputs: dict | None = None) -> torch.Tensor:
+    """Input embeddings (B, L, D) exactly as the model builds them (image features, input masks spliced in)."""
+    return model.embed_inputs(input_ids, encoded, **(mask_inputs or {}))
 
 
 def first_layer_attention(

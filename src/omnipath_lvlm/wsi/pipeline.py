@@ -132,8 +132,13 @@ class OmniPathPipeline:
         history: Sequence[tuple[str, str]] = (),
         max_new_tokens: int = 256,
         on_text: Callable[[str], None] | None = None,
+        input_masks: Sequence[np.ndarray] = (),
     ) -> Analysis:
-        """Answer ``question`` about ``source`` (slide path, PIL image or open slide); see the module docstring."""
+        """Answer ``question`` about ``source`` (slide path, PIL image or open slide); see the module docstring.
+
+        ``input_masks`` are binary masks over the whole slide/image (any resolution), one per
+        ``<mask>`` token in ``question``: each points the model at a region (mask encoder).
+        """
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
         if max_new_tokens < 1:
@@ -142,7 +147,7 @@ class OmniPathPipeline:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         with self._opened(source, timings) as slide, torch.no_grad():
-            analysis = self._run(slide, question, config, list(history), max_new_tokens, on_text, timings)
+            analysis = self._run(slide, question, config, list(history), max_new_tokens, on_text, timings, list(input_masks))
         timings["total"] = time.perf_counter() - started
         return analysis
 
@@ -168,7 +173,7 @@ class OmniPathPipeline:
             if owned:
                 slide.close()
 
-    def _run(self, slide, question, config: PGFCConfig, history, max_new_tokens, on_text, timings) -> Analysis:
+    def _run(self, slide, question, config: PGFCConfig, history, max_new_tokens, on_text, timings, input_masks) -> Analysis:
         from omnipath_lvlm.wsi.tissue import tissue_mask
 
         model, processor, grid = self.model, self.processor, self.grid
@@ -184,8 +189,8 @@ class OmniPathPipeline:
         timings["encode"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        ids, attention = self._tokenise(build_conversation(question, history), [1])
-        embeds = prompt_embeddings(model, ids, thumb)  # (1, L, D)
+        ids, attention, mask_inputs = self._tokenise(build_conversation(question, history), [1], input_masks)
+        embeds = prompt_embeddings(model, ids, thumb, mask_inputs)  # (1, L, D)
         scores = last_token_image_attention(model, ids, attention, embeds)  # (N_img,) thumbnail tokens only
         score_grid = scores.float().cpu().numpy().reshape(grid, grid)
         tissue = tissue_mask(thumbnail, (grid, grid), min_fraction=config.min_tissue)  # (G, G) bool
@@ -206,14 +211,15 @@ class OmniPathPipeline:
 
         tic = time.perf_counter()
         texts = [describe_region(relative_box(box, slide_size)) for box in boxes]
-        ids, attention = self._tokenise(
-            build_conversation(question, history, texts), [1] + [config.region_pool] * len(tokens)
+        ids, attention, mask_inputs = self._tokenise(
+            build_conversation(question, history, texts), [1] + [config.region_pool] * len(tokens), input_masks
         )
         tokenizer = processor.tokenizer
         streamer = None if on_text is None else CallbackStreamer(processor.decode, on_text)
         result = model.generate_with_masks(
             input_ids=ids, attention_mask=attention, encoded_images=encoded, max_new_tokens=max_new_tokens,
             do_sample=False, streamer=streamer, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            **mask_inputs,
         )
         answer = processor.decode(result.new_tokens[0])
         timings["generate"] = time.perf_counter() - tic
@@ -236,12 +242,23 @@ class OmniPathPipeline:
             },
         )
 
-    def _tokenise(self, conversation: list[dict], pools: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tokenise(self, conversation: list[dict], pools: list[int], input_masks: Sequence[np.ndarray] = ()):
+        """Left-padded ids and attention mask, plus the mask-encoder inputs for user-turn <mask> tokens."""
         from omnipath_lvlm.processing import pad_batch
 
         enc = self.processor.encode_conversation(conversation, image_pools=pools, add_generation_prompt=True)
         batch = pad_batch([enc], self.processor.tokenizer.pad_token_id, left=True)
-        return batch["input_ids"].to(self.model.device), batch["attention_mask"].to(self.model.device)
+        device = self.model.device
+        n_slots = int(batch["mask_input_positions"].sum())
+        if n_slots != len(input_masks):
+            raise ValueError(f"{len(input_masks)} input masks given but the question holds {n_slots} <mask> tokens")
+        mask_inputs = {}
+        if input_masks:
+            size = self.processor.mask_input_size
+            pixels = self.processor.preprocess_masks(list(input_masks), size, "input mask").unsqueeze(1)
+            mask_inputs = {"mask_pixel_values": pixels.to(device),
+                           "mask_input_positions": batch["mask_input_positions"].to(device)}
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device), mask_inputs
 
 
 # --------------------------------------------------------------------------- parsing
