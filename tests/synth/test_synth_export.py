@@ -1,0 +1,86 @@
+"""Dataset export: disjoint seed splits, valid records, files on disk, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from omnipath_lvlm.cli import main
+from omnipath_lvlm.data.records import read_jsonl
+from omnipath_lvlm.synth.export import SPLITS, export_dataset, split_counts, split_seeds
+
+
+def test_split_seed_ranges_never_overlap():
+    ranges = [set(split_seeds(base, split, 1000)) for base in range(3) for split in SPLITS]
+    total = sum(len(r) for r in ranges)
+    assert len(set().union(*ranges)) == total
+    with pytest.raises(ValueError):
+        split_seeds(0, "holdout", 3)
+    assert split_counts(10) == {"train": 8, "val": 1, "test": 1}
+    assert sum(split_counts(37).values()) == 37
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    return out, export_dataset(out, n_patches=5, n_slides=1, seed=2, slide_size=1024, patch_size=128)
+
+
+def test_export_writes_valid_jsonl_splits(exported):
+    out, paths = exported
+    assert set(paths) == set(SPLITS)
+    all_records = {}
+    for split, path in paths.items():
+        records, problems = read_jsonl(path, check_files=True)
+        assert problems == []
+        all_records[split] = records
+    assert all_records["train"] and all_records["val"] and all_records["test"]
+    manifest = json.loads((out / "synthpath.json").read_text())
+    seeds = {split: {r.gt["seed"] for r in recs} for split, recs in all_records.items()}
+    assert not (seeds["train"] & seeds["test"]) and not (seeds["train"] & seeds["val"])
+    for split in SPLITS:
+        ranges = [r for r in (manifest["splits"][split]["patch_seeds"], manifest["splits"][split]["slide_seeds"]) if r]
+        assert all(any(lo <= s < hi for lo, hi in ranges) for s in seeds[split])
+    ids = [r.id for recs in all_records.values() for r in recs]
+    assert len(ids) == len(set(ids))
+
+
+def test_records_carry_answers_and_geometry(exported):
+    _, paths = exported
+    records = [r for p in paths.values() for r in read_jsonl(p)[0]]
+    tasks = {r.task for r in records}
+    assert {"nucleus_detection", "nucleus_classification"} <= tasks
+    for r in records:
+        assert r.source == "synthpath"
+        if r.answer_style == "boxes":
+            for box in r.gt["boxes"]:
+                assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+        if r.task.endswith("segmentation") and r.image is not None:
+            mask = np.asarray(Image.open(r.gt["mask"]))
+            assert mask.shape == tuple(r.image_size[::-1]) and set(np.unique(mask)) <= {0, 255}
+        if r.image is not None:
+            assert Image.open(r.image).size == tuple(r.image_size)
+
+
+def test_slide_records_have_thumbnail_regions_and_tumour_truth(exported):
+    out, paths = exported
+    slide_records = [r for p in paths.values() for r in read_jsonl(p)[0] if r.slide is not None]
+    assert slide_records
+    for r in slide_records:
+        thumb = Image.open(out / r.gt["thumbnail"])
+        assert max(thumb.size) == 384
+        assert r.regions and all(0 <= d["box"][0] < d["box"][2] <= 1 for d in r.regions)
+        assert r.gt["grade"] and r.gt["subtype"] and r.gt["tumour_boxes"]
+    assert {r.task for r in slide_records} >= {"organ", "subtype", "grade", "cancer_detection"}
+
+
+def test_cli_slide_and_patches(tmp_path, capsys):
+    assert main(["synth", "slide", "--size", "1024", "--out", str(tmp_path / "cli.svs"), "--seed", "7"]) == 0
+    text = capsys.readouterr().out
+    assert "1024x1024" in text and (tmp_path / "cli.geojson").exists() and (tmp_path / "cli.json").exists()
+    assert main(["synth", "patches", "--n", "3", "--out", str(tmp_path / "ds"), "--size", "96",
+                 "--task", "organ", "--task", "tissue_type"]) == 0
+    records = [r for s in SPLITS for r in read_jsonl(tmp_path / "ds" / f"{s}.jsonl")[0]]
+    assert records and {r.task for r in records} <= {"organ", "tissue_type"}
