@@ -43,12 +43,13 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from omnipath_lvlm.fileio import atomic_open
 
 IMAGE_TOKEN = "<image>"
 MASK_TOKEN = "<mask>"
@@ -220,7 +221,6 @@ def write_jsonl(records: Iterable[Record], path: str | os.PathLike[str]) -> Path
     separators); other paths are stored absolute.
     """
     target = Path(path).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
     base = target.parent
 
     def relativise(p: str) -> str:
@@ -230,22 +230,14 @@ def write_jsonl(records: Iterable[Record], path: str | os.PathLike[str]) -> Path
         except ValueError:
             return str(absolute)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=base)
     seen: set[str] = set()
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                if record.id in seen:
-                    raise ValueError(f"two records share the id {record.id!r}; ids must be unique in a dataset")
-                seen.add(record.id)
-                line = json.dumps(record.map_paths(relativise).to_dict(), ensure_ascii=False)
-                fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(target) as fh:
+        for record in records:
+            if record.id in seen:
+                raise ValueError(f"two records share the id {record.id!r}; ids must be unique in a dataset")
+            seen.add(record.id)
+            line = json.dumps(record.map_paths(relativise).to_dict(), ensure_ascii=False)
+            fh.write(line + "\n")
     return target
 
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omnipath_lvlm.eval.metrics import CLASSIFICATION_KINDS, DETECTION_KINDS, SEGMENTATION_KINDS
+from omnipath_lvlm.fileio import atomic_write_text
 
 Summary = Mapping[str, Any]
 Summaries = Mapping[str, Summary]
@@ -317,18 +317,6 @@ def render_markdown(tables: Sequence[Table]) -> str:
     return "".join(parts)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename it over `path`."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_reports(summaries: Summaries, out_dir: str | os.PathLike[str], *, method: str = "OmniPath",
                   baselines: Mapping[str, Summaries] | None = None) -> dict[str, Path]:
     """Write ``tables.md`` and one ``<table name>.csv`` per non-empty table; returns name -> path."""
@@ -338,9 +326,9 @@ def write_reports(summaries: Summaries, out_dir: str | os.PathLike[str], *, meth
     written: dict[str, Path] = {}
     for table in tables:
         path = out / f"{table.name}.csv"
-        _write_atomic(path, table.to_csv())
+        atomic_write_text(path, table.to_csv())
         written[table.name] = path
     markdown = out / "tables.md"
-    _write_atomic(markdown, render_markdown(tables))
+    atomic_write_text(markdown, render_markdown(tables))
     written["tables"] = markdown
     return written

@@ -64,6 +64,7 @@ from PIL import Image
 
 from omnipath_lvlm.data import formats
 from omnipath_lvlm.data.records import HUMAN, IMAGE_TOKEN, MASK_TOKEN, Record, read_jsonl
+from omnipath_lvlm.fileio import atomic_write_text
 
 PGFC_MODES = ("attention", "random", "none")
 GROUP_BY = ("source", "organ", "none")
@@ -583,9 +584,7 @@ def check_run_config(config: EvalConfig, write: bool = True) -> None:
             detail = ", ".join(f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in differ)
             raise ValueError(f"{config.out} holds predictions of a different run ({detail}); use another --out")
     elif write:
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
-        os.replace(temp, path)
+        atomic_write_text(path, json.dumps(identity, indent=2) + "\n")
 
 
 def run_eval(config: EvalConfig, answerer: Answerer | None = None, process: ProcessGroup | None = None) -> EvalResult:
@@ -647,9 +646,7 @@ def write_summary(config: EvalConfig, result: EvalResult) -> dict[str, Path]:
         "tasks": result.summaries,
     }
     path = config.out / SUMMARY
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(summary, indent=2, default=_json_default) + "\n")
     files = {"summary": path}
     files.update(write_reports(result.summaries, config.out))
     return files

@@ -30,7 +30,7 @@ from shapely.geometry import Polygon
 
 from .noise import derive_key
 from .render import Rendered, render_truth
-from .scene import LymphNode, Nerve, Scene, TumourSpec, Vessel
+from .scene import LymphNode, Nerve, Scene, TumourSpec, Vessel, place_embolus, place_nerve_clusters
 from .shapes import Band, Blob
 from .taxonomy import (
     ARCHITECTURES,
@@ -223,7 +223,7 @@ def _scene_vessel(rng: np.random.Generator, seed: int, organ: str) -> Scene:
             if _far_from(outer, polys, 12.0):
                 embolus = None
                 if positive and i == 0:
-                    embolus = _embolus(rng, lumen)
+                    embolus = place_embolus(rng, lumen, (0.5, 0.7), 14.0)
                 vessels.append(Vessel(lumen, wall, embolus))
                 polys.append(outer)
                 break
@@ -233,16 +233,6 @@ def _scene_vessel(rng: np.random.Generator, seed: int, organ: str) -> Scene:
         tumours = (blob,) if blob is not None else ()
     kw = _base(rng, seed, organ if filler == "organ" else None, filler, stroma_level=float(rng.uniform(0, 0.3)))
     return Scene(vessels=tuple(vessels), tumours=tumours, tumour=_spec(rng), **kw)
-
-
-def _embolus(rng: np.random.Generator, lumen: Blob) -> Blob:
-    """A tumour cell cluster floating inside a lumen (kept 3 um from the lumen outline)."""
-    min_r = lumen.radius * (1.0 - float(np.sum(np.abs(lumen.amps))))
-    r = float(np.clip(rng.uniform(0.5, 0.7) * min_r, 14.0, max(14.0, min_r - 6.0)))
-    room = max(0.0, min_r - 1.25 * r - 3.0)
-    ang = rng.uniform(0, 2 * np.pi)
-    off = rng.uniform(0, room)
-    return Blob.random(rng, lumen.cx + off * np.cos(ang), lumen.cy + off * np.sin(ang), r, 0.2)
 
 
 def _scene_nerve(rng: np.random.Generator, seed: int, organ: str) -> Scene:
@@ -260,7 +250,7 @@ def _scene_nerve(rng: np.random.Generator, seed: int, organ: str) -> Scene:
                         rng.uniform(4, 14), rng.uniform(90, 170), rng.uniform(0, 2 * np.pi))
             poly = Polygon(band.polygon(80))
             if _far_from(poly, polys, 15.0):
-                clusters = _nerve_clusters(rng, band) if positive and i == 0 else ()
+                clusters = place_nerve_clusters(rng, band, (0.3, 0.7), 8.0) if positive and i == 0 else ()
                 nerves.append(Nerve(band, clusters))
                 polys.append(poly)
                 break
@@ -272,19 +262,6 @@ def _scene_nerve(rng: np.random.Generator, seed: int, organ: str) -> Scene:
     return Scene(nerves=tuple(nerves), tumours=tumours, tumour=_spec(rng), **kw)
 
 
-def _nerve_clusters(rng: np.random.Generator, band: Band) -> tuple[Blob, ...]:
-    """Tumour clusters inside a nerve, placed where the patch shows the nerve (central half of its length)."""
-    out = []
-    for _ in range(int(rng.integers(1, 4))):
-        u = rng.uniform(0.3, 0.7) * band.length
-        half = float(band.half_width(np.array(u)))
-        r = float(np.clip(rng.uniform(0.35, 0.6) * half, 8.0, max(8.0, half - 6.0)))
-        across = rng.uniform(-1, 1) * max(0.0, half - 1.3 * r - 4.0)
-        x, y = band.point_at(u, across)
-        out.append(Blob.random(rng, x, y, r, 0.15))
-    return tuple(out)
-
-
 def _scene_lymph_node(rng: np.random.Generator, seed: int, organ: str) -> Scene:
     c = PATCH_UM / 2
     r = rng.uniform(110, 170)
@@ -292,7 +269,7 @@ def _scene_lymph_node(rng: np.random.Generator, seed: int, organ: str) -> Scene:
     capsule = float(rng.uniform(5, 9))
     mets: list[Blob] = []
     if rng.random() < 0.5:
-        inner = r * (1.0 - float(np.sum(np.abs(body.amps)))) - capsule
+        inner = body.min_radius - capsule
         for _ in range(int(rng.integers(1, 3))):
             mr = rng.uniform(28, min(70, 0.5 * inner))
             room = max(0.0, inner - 1.3 * mr - 8)

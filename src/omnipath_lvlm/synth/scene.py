@@ -159,3 +159,35 @@ class Scene:
     def empty(self) -> bool:
         """True when nothing but glass is left (after `within`)."""
         return not (self.tissue or self.tumours or self.vessels or self.nerves or self.lymph_nodes)
+
+
+def place_embolus(rng: np.random.Generator, lumen: Blob, scale: tuple[float, float], min_radius: float) -> Blob:
+    """A tumour cell cluster floating inside `lumen`, kept 3 um from its outline.
+
+    Its radius is ``uniform(*scale)`` times the lumen's inner radius, at least
+    `min_radius` micrometres.
+    """
+    inner = lumen.min_radius
+    r = float(np.clip(rng.uniform(*scale) * inner, min_radius, max(min_radius, inner - 6.0)))
+    room = max(0.0, inner - 1.25 * r - 3.0)
+    ang, off = rng.uniform(0, 2 * np.pi), rng.uniform(0, room)
+    return Blob.random(rng, lumen.cx + off * np.cos(ang), lumen.cy + off * np.sin(ang), r, 0.2)
+
+
+def place_nerve_clusters(
+    rng: np.random.Generator, band: Band, span: tuple[float, float], min_radius: float
+) -> tuple[Blob, ...]:
+    """One to three tumour clusters inside a nerve `band` (neural invasion).
+
+    Each sits at a random fraction ``uniform(*span)`` of the band's length, with
+    a radius of 35-60 % of the local half width, at least `min_radius` micrometres.
+    """
+    out = []
+    for _ in range(int(rng.integers(1, 4))):
+        u = rng.uniform(*span) * band.length
+        half = float(band.half_width(np.array(u)))
+        r = float(np.clip(rng.uniform(0.35, 0.6) * half, min_radius, max(min_radius, half - 6.0)))
+        across = rng.uniform(-1, 1) * max(0.0, half - 1.3 * r - 4.0)
+        x, y = band.point_at(u, across)
+        out.append(Blob.random(rng, x, y, r, 0.15))
+    return tuple(out)

@@ -64,6 +64,11 @@ class Blob:
     def max_radius(self) -> float:
         return self.radius * (1.0 + float(np.sum(np.abs(self.amps))))
 
+    @property
+    def min_radius(self) -> float:
+        """A lower bound of radius(theta): a disc of this radius about the centre lies inside the blob."""
+        return self.radius * (1.0 - float(np.sum(np.abs(self.amps))))
+
     def bbox(self, offset: float = 0.0) -> tuple[float, float, float, float]:
         r = self.max_radius + offset
         return (self.cx - r, self.cy - r, self.cx + r, self.cy + r)

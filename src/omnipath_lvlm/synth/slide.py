@@ -29,7 +29,7 @@ from .noise import derive_key
 from .palette import BACKGROUND_RGB
 from .pyramid import halve, level_dimensions, padded_size, write_aperio_pyramid
 from .render import render_rgb
-from .scene import LymphNode, Nerve, Scene, TumourSpec, Vessel
+from .scene import LymphNode, Nerve, Scene, TumourSpec, Vessel, place_embolus, place_nerve_clusters
 from .shapes import Band, Blob
 from .taxonomy import ARCHITECTURES, DISEASES, GRADE_NAMES, ORGANS, SUBTYPES
 
@@ -142,10 +142,6 @@ def _tissue_sdf(pieces: list[Blob], x: NDArray | float, y: NDArray | float) -> N
     return np.min(np.stack([b.sdf(x, y) for b in pieces]), axis=0)
 
 
-def _inner_radius(blob: Blob) -> float:
-    return blob.radius * (1.0 - float(np.sum(np.abs(blob.amps))))
-
-
 def _place_pieces(rng: np.random.Generator, lx: float, ly: float) -> list[Blob]:
     side = min(lx, ly)
     occ = _Occupancy()
@@ -169,30 +165,32 @@ def _place_pieces(rng: np.random.Generator, lx: float, ly: float) -> list[Blob]:
 
 
 def _point_in(rng: np.random.Generator, piece: Blob, keep_in: float) -> tuple[float, float] | None:
-    room = _inner_radius(piece) - keep_in
+    room = piece.min_radius - keep_in
     if room <= 0:
         return None
     ang, off = rng.uniform(0, 2 * np.pi), room * np.sqrt(rng.uniform(0, 1))
     return piece.cx + off * np.cos(ang), piece.cy + off * np.sin(ang)
 
 
-def _embolus(rng: np.random.Generator, lumen: Blob) -> Blob:
-    inner = _inner_radius(lumen)
-    r = float(np.clip(rng.uniform(0.45, 0.7) * inner, 8.0, max(8.0, inner - 6.0)))
-    room = max(0.0, inner - 1.25 * r - 3.0)
-    ang, off = rng.uniform(0, 2 * np.pi), rng.uniform(0, room)
-    return Blob.random(rng, lumen.cx + off * np.cos(ang), lumen.cy + off * np.sin(ang), r, 0.2)
+def _anchor(
+    rng: np.random.Generator,
+    near: list[Blob] | None,
+    pieces: list[Blob],
+    weights: NDArray[np.float64],
+    reach: float,
+    gap: tuple[float, float],
+) -> tuple[float, float] | None:
+    """A centre for a structure reaching `reach` um from it.
 
-
-def _nerve_clusters(rng: np.random.Generator, band: Band) -> tuple[Blob, ...]:
-    out = []
-    for _ in range(int(rng.integers(1, 4))):
-        u = rng.uniform(0.25, 0.75) * band.length
-        half = float(band.half_width(np.array(u)))
-        r = float(np.clip(rng.uniform(0.35, 0.6) * half, 7.0, max(7.0, half - 6.0)))
-        x, y = band.point_at(u, rng.uniform(-1, 1) * max(0.0, half - 1.3 * r - 4.0))
-        out.append(Blob.random(rng, x, y, r, 0.15))
-    return tuple(out)
+    With `near`, it is just outside one of those tumours (``uniform(*gap)`` um
+    between the two); otherwise inside a tissue piece drawn by `weights`.
+    """
+    if near is not None:
+        t = near[int(rng.integers(len(near)))]
+        ang, d = rng.uniform(0, 2 * np.pi), t.max_radius + reach + rng.uniform(*gap)
+        return t.cx + d * np.cos(ang), t.cy + d * np.sin(ang)
+    host = pieces[int(rng.choice(len(pieces), p=weights))]
+    return _point_in(rng, host, reach)
 
 
 def build_layout(params: SlideParams) -> SlideLayout:
@@ -224,7 +222,7 @@ def build_layout(params: SlideParams) -> SlideLayout:
                 break
     if want_lnm and nodes:
         node = nodes[0]
-        inner = _inner_radius(node.body) - node.capsule
+        inner = node.body.min_radius - node.capsule
         mets = []
         for _ in range(int(rng.integers(1, 3))):
             mr = rng.uniform(0.2, 0.4) * inner
@@ -239,7 +237,7 @@ def build_layout(params: SlideParams) -> SlideLayout:
     order = sorted(range(len(pieces)), key=lambda i: -pieces[i].radius)
     for i in range(int(rng.integers(1, 4))):
         host = pieces[order[0]] if i == 0 else pieces[int(rng.integers(len(pieces)))]
-        inner = _inner_radius(host)
+        inner = host.min_radius
         for _ in range(60):
             rt = min(max(side * rng.uniform(0.035, 0.06), 40.0), 0.45 * inner)
             blob = Blob.random(rng, 0, 0, rt, 0.28, harmonics=5, aspect=rng.uniform(1.0, 1.5))
@@ -250,7 +248,7 @@ def build_layout(params: SlideParams) -> SlideLayout:
                 break
     if not tumours:
         host = pieces[order[0]]
-        tumours.append(Blob.random(rng, host.cx, host.cy, 0.4 * _inner_radius(host), 0.2))
+        tumours.append(Blob.random(rng, host.cx, host.cy, 0.4 * host.min_radius, 0.2))
         struct.add(host.cx, host.cy, tumours[0].max_radius)
 
     tissue_mm2 = sum(b.area() for b in pieces) / 1e6
@@ -270,17 +268,11 @@ def build_layout(params: SlideParams) -> SlideLayout:
             wall = 0.2 * r + rng.uniform(3, 8)
             lumen = Blob.random(rng, 0, 0, r, 0.12, aspect=rng.uniform(1, 1.8))
             outer = lumen.max_radius + wall
-            if i < n_invaded:
-                t = tumours[int(rng.integers(len(tumours)))]
-                ang, d = rng.uniform(0, 2 * np.pi), t.max_radius + outer + rng.uniform(15, 60)
-                p = (t.cx + d * np.cos(ang), t.cy + d * np.sin(ang))
-            else:
-                host = pieces[int(rng.choice(len(pieces), p=weights))]
-                p = _point_in(rng, host, outer)
+            p = _anchor(rng, tumours if i < n_invaded else None, pieces, weights, outer, (15, 60))
             if p is None or not inside_tissue(p[0], p[1], outer) or not struct.free(p[0], p[1], outer, 12.0):
                 continue
             lumen = Blob(p[0], p[1], lumen.radius, lumen.amps, lumen.phases)
-            vessels.append(Vessel(lumen, wall, _embolus(rng, lumen) if i < n_invaded else None))
+            vessels.append(Vessel(lumen, wall, place_embolus(rng, lumen, (0.45, 0.7), 8.0) if i < n_invaded else None))
             struct.add(p[0], p[1], outer)
             break
 
@@ -293,19 +285,13 @@ def build_layout(params: SlideParams) -> SlideLayout:
             length = rng.uniform(180, 600)
             width = rng.uniform(30, 80) if i >= n_inv_nerves else rng.uniform(45, 80)
             reach = 0.5 * length + width
-            if i < n_inv_nerves:
-                t = tumours[int(rng.integers(len(tumours)))]
-                ang, d = rng.uniform(0, 2 * np.pi), t.max_radius + reach + rng.uniform(10, 50)
-                p = (t.cx + d * np.cos(ang), t.cy + d * np.sin(ang))
-            else:
-                host = pieces[int(rng.choice(len(pieces), p=weights))]
-                p = _point_in(rng, host, reach)
+            p = _anchor(rng, tumours if i < n_inv_nerves else None, pieces, weights, reach, (10, 50))
             if p is None or not inside_tissue(p[0], p[1], reach) or not struct.free(p[0], p[1], reach, 12.0):
                 continue
             ang = rng.uniform(0, np.pi)
             band = Band(p[0] - 0.5 * length * np.cos(ang), p[1] - 0.5 * length * np.sin(ang), float(ang), length, width,
                         rng.uniform(4, 16), rng.uniform(90, 180), rng.uniform(0, 2 * np.pi))
-            nerves.append(Nerve(band, _nerve_clusters(rng, band) if i < n_inv_nerves else ()))
+            nerves.append(Nerve(band, place_nerve_clusters(rng, band, (0.25, 0.75), 7.0) if i < n_inv_nerves else ()))
             struct.add(p[0], p[1], reach)
             break
 

@@ -150,7 +150,8 @@ def _run_batch(items: list[tuple[Path, Path]], args: argparse.Namespace) -> int:
 
 def run_attention(args: argparse.Namespace) -> int:
     from omnipath_lvlm.wsi.attention import attention_figure, attention_maps
-    from omnipath_lvlm.wsi.outputs import atomic_write_bytes, png_bytes
+    from omnipath_lvlm.fileio import atomic_write_bytes
+    from omnipath_lvlm.wsi.outputs import png_bytes
     from omnipath_lvlm.wsi.pipeline import load_engine
     from omnipath_lvlm.wsi.slide import SlideError, open_slide
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from omnipath_lvlm.fileio import atomic_write_bytes  # also importable from here, as before
 from omnipath_lvlm.wsi.analysis import Analysis
 
 ANSWER_FILE = "answer.json"
@@ -34,28 +34,6 @@ OUTLINE_RGB = (255, 200, 0)
 MASK_RGB = (0, 200, 255)
 REGION_RGB = (230, 0, 0)
 REGION_CLASS = "PGFC region"
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # os.open honours the umask (mkstemp would make the file private to its owner)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
+from pathlib import Path
 
 from PIL import Image
 
@@ -68,11 +69,10 @@ Parse problems:</p><ul>{problems}</ul>
 """
 
 
-def write_report(analysis: Analysis, slide, out_dir, display_size: int = 1024) -> "Path":
+def write_report(analysis: Analysis, slide, out_dir, display_size: int = 1024) -> Path:
     """Render and atomically write ``report.html`` for an analysis of an open slide."""
-    from pathlib import Path
-
-    from omnipath_lvlm.wsi.outputs import atomic_write_bytes, draw_attention, draw_overlay
+    from omnipath_lvlm.fileio import atomic_write_text
+    from omnipath_lvlm.wsi.outputs import draw_attention, draw_overlay
 
     thumbnail = slide.thumbnail(display_size)
     overlay = draw_overlay(thumbnail, analysis)
@@ -82,4 +82,4 @@ def write_report(analysis: Analysis, slide, out_dir, display_size: int = 1024) -
         x1, y1, x2, y2 = region.box
         crops.append(slide.read_region((int(x1), int(y1)), (max(1, int(x2 - x1)), max(1, int(y2 - y1))), out_size=(256, 256)))
     page = render_report(analysis, overlay, attention, crops)
-    return atomic_write_bytes(Path(out_dir) / REPORT_FILE, page.encode("utf-8"))
+    return atomic_write_text(Path(out_dir) / REPORT_FILE, page)
