@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VIEWER := src/omnipath_lvlm/serve/static/vendor/openseadragon/VERSION
 
-.PHONY: setup test demo viewer clean
+.PHONY: setup test demo viewer nano reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: setup
 
 demo: setup
 	$(BIN)/python -m omnipath_lvlm.demo
+
+# retrain the shipped models/omnipath-nano from scratch on freshly generated SynthPath data
+nano: setup
+	REPRO_STAGES=data,full $(BIN)/python scripts/reproduce.py
+
+# every stage of docs/RESULTS.md (data, training, PGFC evaluation, ablations, attention maps, tables)
+reproduce: setup
+	$(BIN)/python scripts/reproduce.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -352,6 +352,9 @@ def _load_directory(path: Path, label: str) -> OmniPathPipeline:
 
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} holds no saved model (config.json is missing)")
-    model = OmniPathForConditionalGeneration.from_pretrained(path)
+    # weights may be stored in bf16 (the shipped nano is); compute in fp32 on the CPU, bf16 on a GPU
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = OmniPathForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
     processor = OmniPathProcessor.from_pretrained(path)
     return OmniPathPipeline(model, processor, model_name=label)

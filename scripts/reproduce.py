@@ -1,0 +1,169 @@
+"""Reproduce the paper's claims in miniature on SynthPath: train nano, evaluate, ablate.
+
+Every stage runs an `omnipath` command (printed before it runs) or a few lines of library
+code, writes into runs/repro/, and is skipped when its output already exists, so a stopped
+run resumes. Budget knobs (environment variables, defaults sized for a 2-core CPU):
+
+    REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_SLIDE_SIZE=6144 REPRO_STEPS=400 REPRO_ABLATION_STEPS=400
+    REPRO_STAGES=data,before,full,eval,after,ablations,results     (any subset, in this order)
+
+    .venv/bin/python scripts/reproduce.py
+
+Test data use seeds never used for training (SynthPath's split seed blocks); nothing is tuned on
+the test split. The final nano is copied to models/omnipath-nano/ (bf16 weights) with its card.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "repro"
+DATA = ROOT / "data" / "synthpath"
+OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
+ENV = {k: int(os.environ.get(k, v)) for k, v in {
+    "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 400,
+    "REPRO_ABLATION_STEPS": 400, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
+STAGES = os.environ.get("REPRO_STAGES", "data,before,full,eval,after,ablations,results").split(",")
+ABLATIONS = {  # name -> OmniPathConfig.from_name overrides
+    "no-uni": {"use_uni": False},
+    "no-msff": {"scales": [1]},
+    "no-uni-no-msff": {"use_uni": False, "scales": [1]},
+}
+LOG = RUNS / "commands.log"
+
+
+def run(args: list[str]) -> None:
+    line = " ".join(shlex.quote(a) for a in args).replace(sys.executable + " -m omnipath_lvlm.cli", "omnipath")
+    print(f"$ {line}", flush=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    with LOG.open("a") as log:
+        log.write(line + "\n")
+    tic = time.time()
+    subprocess.run(args, check=True, cwd=ROOT)
+    seconds = time.time() - tic
+    print(f"  ({seconds:.0f}s)", flush=True)
+    with LOG.open("a") as log:
+        log.write(f"#   {seconds / 60:.1f} min\n")
+
+
+def stage_data() -> None:
+    if (DATA / "test.jsonl").is_file():
+        return
+    from omnipath_lvlm.synth.export import export_dataset
+
+    print(f"$ export_dataset({DATA}, n_patches={ENV['REPRO_PATCHES']}, n_slides={ENV['REPRO_SLIDES']}, seed=0, "
+          f"slide_size={ENV['REPRO_SLIDE_SIZE']}, patch_size=192, max_boxes=16)", flush=True)
+    export_dataset(DATA, n_patches=ENV["REPRO_PATCHES"], n_slides=ENV["REPRO_SLIDES"], seed=0,
+                   slide_size=ENV["REPRO_SLIDE_SIZE"], patch_size=192, max_boxes=16)
+    # patch-level test records for the module ablations (slides are the PGFC ablation's)
+    lines = [l for l in (DATA / "test.jsonl").read_text().splitlines() if '"slide"' not in l]
+    (DATA / "test-patch.jsonl").write_text("\n".join(lines) + "\n")
+    slides = [l for l in (DATA / "test.jsonl").read_text().splitlines() if '"slide"' in l]
+    (DATA / "test-slide.jsonl").write_text("\n".join(slides) + "\n")
+
+
+def first_test_slide() -> Path:
+    rec = json.loads((DATA / "test-slide.jsonl").read_text().splitlines()[0])
+    return (DATA / rec["slide"]).resolve()
+
+
+def untrained_nano() -> Path:
+    out = RUNS / "untrained-nano"
+    if not (out / "config.json").is_file():
+        import torch
+
+        from omnipath_lvlm.config import OmniPathConfig
+        from omnipath_lvlm.model import OmniPathForConditionalGeneration
+        from omnipath_lvlm.processing import OmniPathProcessor
+
+        torch.manual_seed(0)
+        config = OmniPathConfig.from_name("nano")
+        OmniPathForConditionalGeneration(config).save_pretrained(out)
+        OmniPathProcessor.for_config(config).save_pretrained(out)
+    return out
+
+
+def attention(model: Path, name: str) -> None:
+    target = ROOT / "docs" / "img" / f"attention_{name}.png"
+    run([*OMNIPATH, "attention", str(first_test_slide()), "-q", "What cancer subtype is shown in this image?",
+         "--model", str(model), "--out", str(target)])
+
+
+def train(name: str, steps: int, overrides: dict | None = None) -> Path:
+    out = RUNS / name
+    final = out / "final"
+    if (final / "config.json").is_file():
+        return final
+    args = [*OMNIPATH, "train", "configs/train/nano-synthpath.yaml", f"output_dir={out}", f"train.max_steps={steps}",
+            "logging.progress=false", "data.max_length=640"]
+    if overrides:
+        args.append("model.overrides=" + json.dumps(overrides))
+    if (out / "checkpoints").is_dir():
+        args.append("--resume")
+    run(args)
+    return final
+
+
+def evaluate(model: Path, data: Path, out: Path, pgfc: list[str]) -> None:
+    if (out / "summary.json").is_file():
+        return
+    run([*OMNIPATH, "eval", "--model", str(model), "--data", str(data), "--out", str(out),
+         "--pgfc", *pgfc, "--num-regions", str(ENV["REPRO_NUM_REGIONS"]),
+         "--max-new-tokens", str(ENV["REPRO_MAX_NEW_TOKENS"]), "--batch-size", "4"])
+
+
+def ship(final: Path) -> None:
+    """Copy the trained nano into models/omnipath-nano (bf16 safetensors, under 50 MB) with its card."""
+    import torch
+
+    from omnipath_lvlm.model import OmniPathForConditionalGeneration
+    from omnipath_lvlm.processing import OmniPathProcessor
+
+    dest = ROOT / "models" / "omnipath-nano"
+    tmp = dest.with_name(".omnipath-nano.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = OmniPathForConditionalGeneration.from_pretrained(final, dtype=torch.bfloat16)
+    model.save_pretrained(tmp)
+    OmniPathProcessor.from_pretrained(final).save_pretrained(tmp)
+    size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 2**20
+    if size > 50:
+        raise RuntimeError(f"the nano export is {size:.1f} MB, over the 50 MB budget")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    print(f"shipped {dest} ({size:.1f} MB)")
+
+
+def main() -> int:
+    started = time.time()
+    if "data" in STAGES:
+        stage_data()
+    if "before" in STAGES:
+        attention(untrained_nano(), "before")
+    final = None
+    if "full" in STAGES:
+        final = train("full", ENV["REPRO_STEPS"])
+        ship(final)
+    final = RUNS / "full" / "final"
+    if "eval" in STAGES:
+        evaluate(final, DATA / "test.jsonl", RUNS / "eval-full", ["none", "random", "attention"])
+    if "after" in STAGES:
+        attention(final, "after")
+    if "ablations" in STAGES:
+        for name, overrides in ABLATIONS.items():
+            evaluate(train(name, ENV["REPRO_ABLATION_STEPS"], overrides), DATA / "test-patch.jsonl",
+                     RUNS / f"eval-{name}", ["none"])
+    if "results" in STAGES:
+        run([sys.executable, "scripts/results.py"])
+    print(f"reproduction stages {STAGES} done in {(time.time() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
