@@ -4,7 +4,7 @@ Every stage runs an `omnipath` command (printed before it runs) or a few lines o
 code, writes into runs/repro/, and is skipped when its output already exists, so a stopped
 run resumes. Budget knobs (environment variables, defaults sized for a 2-core CPU):
 
-    REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_SLIDE_SIZE=6144 REPRO_STEPS=400 REPRO_ABLATION_STEPS=400
+    REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_SLIDE_SIZE=6144 REPRO_STEPS=250 REPRO_ABLATION_STEPS=250
     REPRO_STAGES=data,before,full,eval,after,ablations,results     (any subset, in this order)
 
     .venv/bin/python scripts/reproduce.py
@@ -28,8 +28,8 @@ RUNS = ROOT / "runs" / "repro"
 DATA = ROOT / "data" / "synthpath"
 OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
 ENV = {k: int(os.environ.get(k, v)) for k, v in {
-    "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 400,
-    "REPRO_ABLATION_STEPS": 400, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
+    "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 250,
+    "REPRO_ABLATION_STEPS": 250, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,full,eval,after,ablations,results").split(",")
 ABLATIONS = {  # name -> OmniPathConfig.from_name overrides
     "no-uni": {"use_uni": False},
