@@ -130,3 +130,21 @@ def test_bad_inputs_name_the_problem():
     inputs["mask_targets"] = torch.zeros(1, 1, 8, 8)
     with pytest.raises(ValueError, match="mask targets have shape"):
         model(**inputs)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "mistral"])
+def test_other_causal_lm_backbones(model_type):
+    text = {"model_type": model_type, "vocab_size": 2048, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": 0,
+            "bos_token_id": 1, "eos_token_id": 2}
+    model, processor = tiny(text_config=text)
+    assert type(model.language_model).__name__.lower().startswith(model_type)
+    inputs, _ = _seg_batch(processor)
+    out = model(**inputs)
+    assert torch.isfinite(out.loss)
+    model.eval()
+    from PIL import Image
+
+    batch = processor([{"from": "human", "value": "<image>\nWhat organ is this?"}], images=[Image.new("RGB", (40, 30), "pink")])
+    result = model.generate_with_masks(**batch, max_new_tokens=3, do_sample=False)
+    assert result.new_tokens.shape == (1, 3)
