@@ -21,6 +21,7 @@ the model's input size: level-0 pixels read 1:1, the paper's high-resolution
 patches) and the default "cell" regions (each region is its whole token cell).
 
     python benchmarks/pgfc.py [--side 32768] [--small-side 8192] [--regions 8] [--repeats 3]
+    python benchmarks/pgfc.py --preset omnipath-7b --device cuda --dtype bfloat16 --threads 8   # on a GPU
 """
 from __future__ import annotations
 
@@ -139,6 +140,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--sample-tiles", type=int, default=24, help="tiles encoded to estimate the exhaustive cost")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--preset", default="nano", help="model preset (random weights), e.g. omnipath-7b on a GPU")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -147,9 +151,11 @@ def main() -> None:
         big, small = write_slide(Path(tmp), args.side), write_slide(Path(tmp), args.small_side)
         print(f"wrote {args.side}^2 and {args.small_side}^2 synthetic pyramids in {time.perf_counter() - tic:.1f} s")
 
-        engine = untrained_pipeline("nano")
+        with torch.device(args.device):
+            engine = untrained_pipeline(args.preset)
+        engine.model.to(getattr(torch, args.dtype))
         size = engine.processor.max_image_size
-        print(f"model: nano architecture, random weights; grid {engine.grid}x{engine.grid}, input {size} px, "
+        print(f"model: {args.preset} architecture ({args.device}, {args.dtype}), random weights; grid {engine.grid}x{engine.grid}, input {size} px, "
               f"{args.max_new_tokens} new tokens, fastest of {args.repeats} runs, torch threads {torch.get_num_threads()}")
         configs = {
             "thumbnail only": PGFCConfig(mode="none"),
