@@ -5,7 +5,8 @@ code, writes into runs/repro/, and is skipped when its output already exists, so
 run resumes. Budget knobs (environment variables, defaults sized for a 2-core CPU):
 
     REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_SLIDE_SIZE=6144 REPRO_STEPS=250 REPRO_ABLATION_STEPS=250
-    REPRO_STAGES=data,before,full,eval,after,ablations,results     (any subset, in this order)
+    REPRO_STAGES=data,before,full,eval,after,ablations,results     (any subset, in this order;
+                 "after" also measures where A_last falls: scripts/attention_stats.py)
 
     .venv/bin/python scripts/reproduce.py
 
@@ -60,6 +61,11 @@ def stage_data() -> None:
 
     print(f"$ export_dataset({DATA}, n_patches={ENV['REPRO_PATCHES']}, n_slides={ENV['REPRO_SLIDES']}, seed=0, "
           f"slide_size={ENV['REPRO_SLIDE_SIZE']}, patch_size=192, max_boxes=16)", flush=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    with LOG.open("a") as log:
+        log.write(f"python -c 'from omnipath_lvlm.synth.export import export_dataset; export_dataset(\"data/synthpath\", "
+                  f"n_patches={ENV['REPRO_PATCHES']}, n_slides={ENV['REPRO_SLIDES']}, seed=0, "
+                  f"slide_size={ENV['REPRO_SLIDE_SIZE']}, patch_size=192, max_boxes=16)'\n")
     export_dataset(DATA, n_patches=ENV["REPRO_PATCHES"], n_slides=ENV["REPRO_SLIDES"], seed=0,
                    slide_size=ENV["REPRO_SLIDE_SIZE"], patch_size=192, max_boxes=16)
     # patch-level test records for the module ablations (slides are the PGFC ablation's)
@@ -155,6 +161,8 @@ def main() -> int:
         evaluate(final, DATA / "test.jsonl", RUNS / "eval-full", ["none", "random", "attention"])
     if "after" in STAGES:
         attention(final, "after")
+        run([sys.executable, "scripts/attention_stats.py", str(untrained_nano()), str(final),
+             "--data", str(DATA / "test-slide.jsonl"), "--out", str(RUNS / "attention_stats.json")])
     if "ablations" in STAGES:
         for name, overrides in ABLATIONS.items():
             evaluate(train(name, ENV["REPRO_ABLATION_STEPS"], overrides), DATA / "test-patch.jsonl",

@@ -38,6 +38,31 @@ def training_facts(run: Path) -> dict:
     return facts
 
 
+def chance_table(test_jsonl: Path) -> str:
+    """What guessing scores on the same test records: 1/options for closed questions, the majority answer for yes/no."""
+    if not test_jsonl.is_file():
+        return ""
+    from collections import Counter, defaultdict
+
+    closed, yes_no = defaultdict(list), defaultdict(list)
+    for line in test_jsonl.read_text().splitlines():
+        rec = json.loads(line)
+        level = "slide" if rec.get("slide") else "patch"
+        if rec.get("answer_style") == "closed" and rec.get("options"):
+            closed[(level, rec["task"])].append(1 / len(rec["options"]))
+        elif rec.get("answer_style") == "yes_no":
+            yes_no[(level, rec["task"])].append(rec["conversations"][-1]["value"].strip().lower())
+    rows = ["Chance levels on the same test records (closed: mean 1/number of options; yes/no: always giving the",
+            "majority answer); open-ended answers have no chance level worth the name.", "",
+            "| Level | Task | n | chance (%) |", "|---|---|---|---|"]
+    for (level, task), values in sorted(closed.items()):
+        rows.append(f"| {level} | {task} (closed) | {len(values)} | {100 * statistics.mean(values):.1f} |")
+    for (level, task), answers in sorted(yes_no.items()):
+        top = Counter(answers).most_common(1)[0][1]
+        rows.append(f"| {level} | {task} | {len(answers)} | {100 * top / len(answers):.1f} |")
+    return "\n".join(rows)
+
+
 def ablation_table(runs: dict[str, dict]) -> str:
     """Rows: model variants; columns: patch-level accuracy tasks (mean), detection F1 / IoU per task."""
     acc_tasks = sorted({s["task"] for r in runs.values() for s in r.values()
@@ -74,14 +99,24 @@ def main() -> None:
            "seed blocks), and nothing was tuned on them.", ""]
     log = RUNS / "commands.log"
     if log.is_file():
-        out += ["## Commands", "", "```", *log.read_text().splitlines(), "```", ""]
+        lines, seen, kept = [], set(), True
+        for line in log.read_text().replace(str(ROOT) + "/", "").splitlines():
+            if line.startswith("#"):  # the wall time of the command above it
+                if kept:
+                    lines.append(line)
+                continue
+            kept = line not in seen  # a rerun of an unchanged command is listed once
+            if kept:
+                lines.append(line)
+                seen.add(line)
+        out += ["## Commands (with their wall time on 2 CPU cores)", "", "```", *lines, "```", ""]
     full_eval = RUNS / "eval-full"
     if (full_eval / "summary.json").is_file():
         summaries = load_summaries(full_eval)
         out += ["## PGFC ablation (table 6 analogue)", "",
                 "Slide-level questions about SynthPath slides whose tumour grade is invisible in the thumbnail.", "",
                 table6_pgfc(summaries).to_markdown(), ""]
-        out += ["## nano on its test split, per task", ""]
+        out += ["## nano on its test split, per task", "", chance_table(ROOT / "data" / "synthpath" / "test.jsonl"), ""]
         for table in build_tables(summaries, method="OmniPath nano"):
             if table.name != "table6_pgfc":
                 out += [table.to_markdown(), ""]
@@ -92,6 +127,21 @@ def main() -> None:
                 "Same data, same steps, same seed; patch-level test records.", "", ablation_table(runs), ""]
     else:
         out += ["## UNI and MSFF ablation (tables 9 and 10 analogue)", "", "Not run yet (stage `ablations` of scripts/reproduce.py).", ""]
+    stats = RUNS / "attention_stats.json"
+    if stats.is_file():
+        data = json.loads(stats.read_text())
+        out += ["## Where the last prompt token looks (figure 2 analogue, quantified)", "",
+                "Share of the first layer's last-token attention over thumbnail tokens (A_last) that falls on tissue",
+                "and on tumour cells of the test slides, against those cells' share of the grid (uniform attention).",
+                "Question: \"What cancer subtype is shown in this image?\".", "",
+                "| Model | A_last on tissue | tissue share of grid | A_last on tumour | tumour share of grid | tumour enrichment |",
+                "|---|---|---|---|---|---|"]
+        for name, entry in data.items():
+            m = entry["mean"]
+            out.append(f"| {name} | {pct(m['tissue_share_of_attention'])} | {pct(m['tissue_share_of_grid'])} | "
+                       f"{pct(m['tumour_share_of_attention'])} | {pct(m['tumour_share_of_grid'])} | "
+                       f"{m['tumour_share_of_attention'] / max(m['tumour_share_of_grid'], 1e-9):.2f}x |")
+        out.append("")
     for name, title in (("before", "before training"), ("after", "after training")):
         if (ROOT / "docs" / "img" / f"attention_{name}.png").is_file():
             out += [f"### Attention {title} (figure 2 analogue)", "", f"![attention {title}](img/attention_{name}.png)", ""]
