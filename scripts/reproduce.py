@@ -32,10 +32,10 @@ ENV = {k: int(os.environ.get(k, v)) for k, v in {
     "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 250,
     "REPRO_ABLATION_STEPS": 250, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,full,eval,after,ablations,results").split(",")
-ABLATIONS = {  # name -> OmniPathConfig.from_name overrides
+ABLATIONS = {  # name -> OmniPathConfig.from_name overrides (cheapest first)
+    "no-uni-no-msff": {"use_uni": False, "scales": [1]},
     "no-uni": {"use_uni": False},
     "no-msff": {"scales": [1]},
-    "no-uni-no-msff": {"use_uni": False, "scales": [1]},
 }
 LOG = RUNS / "commands.log"
 
