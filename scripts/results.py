@@ -27,6 +27,7 @@ def training_facts(run: Path) -> dict:
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
     train = [r for r in rows if r.get("split") == "train"]
     config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
+    config = config.replace(str(ROOT) + "/", "")
     facts = {"steps": train[-1]["step"] if train else 0, "first_loss": train[0]["loss"] if train else None,
              "last_loss": train[-1]["loss"] if train else None, "config": config}
     log = RUNS / "commands.log"
