@@ -84,3 +84,17 @@ def test_cli_slide_and_patches(tmp_path, capsys):
                  "--task", "organ", "--task", "tissue_type"]) == 0
     records = [r for s in SPLITS for r in read_jsonl(tmp_path / "ds" / f"{s}.jsonl")[0]]
     assert records and {r.task for r in records} <= {"organ", "tissue_type"}
+    assert main(["synth", "patches", "--n", "3", "--out", str(tmp_path / "only-val"), "--size", "96",
+                 "--task", "organ", "--split", "val"]) == 0
+    assert sorted(p.name for p in (tmp_path / "only-val").glob("*.jsonl")) == ["val.jsonl"]
+
+
+def test_export_of_one_split_writes_the_same_records(exported, tmp_path):
+    out, paths = exported
+    only = export_dataset(tmp_path, n_patches=5, n_slides=1, seed=2, slide_size=1024, patch_size=128, splits=["test"])
+    assert set(only) == {"test"} and not (tmp_path / "train.jsonl").exists()
+    full_records, _ = read_jsonl(paths["test"])
+    only_records, _ = read_jsonl(only["test"])
+    assert [(r.id, r.conversations) for r in only_records] == [(r.id, r.conversations) for r in full_records]
+    with pytest.raises(ValueError, match="splits"):
+        export_dataset(tmp_path, n_patches=5, n_slides=0, splits=["holdout"])

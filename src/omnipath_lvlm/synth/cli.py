@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     patches.add_argument("--size", type=int, default=384, help="patch side in pixels (field of view is 384 um)")
     patches.add_argument("--slides", type=int, default=0, help="number of slides to add (split 80/10/10)")
     patches.add_argument("--slide-size", type=int, default=4096, help="level-0 side of the slides in pixels")
+    patches.add_argument("--split", action="append", choices=("train", "val", "test"),
+                         help="only write these splits (repeatable; default: all three); seeds do not change")
     patches.add_argument("--task", action="append", help="only these tasks (repeatable; default: all that apply)")
     patches.set_defaults(func=run_patches)
 
@@ -46,7 +48,7 @@ def run_patches(args: argparse.Namespace) -> int:
         raise SystemExit("--n and --slides must be >= 0")
     start = time.perf_counter()
     paths = export_dataset(args.out, args.n, args.slides, seed=args.seed, slide_size=args.slide_size,
-                           patch_size=args.size, tasks=args.task)
+                           patch_size=args.size, tasks=args.task, splits=args.split or ("train", "val", "test"))
     for split, path in paths.items():
         lines = sum(1 for _ in open(path, encoding="utf-8"))
         print(f"{split}: {lines} records -> {path}")

@@ -295,8 +295,13 @@ def export_dataset(
     tasks: Iterable[str] | None = None,
     thumbnail_size: int = 384,
     max_boxes: int = 120,
+    splits: Iterable[str] = SPLITS,
 ) -> dict[str, Path]:
-    """Generate patches and slides, write their records as train/val/test JSONL; returns split -> JSONL path."""
+    """Generate patches and slides, write their records as train/val/test JSONL; returns split -> JSONL path.
+
+    `splits` limits the output to some of the splits (the others are neither generated nor
+    written); an item's seed, and so its content, does not depend on which splits are written.
+    """
     from omnipath_lvlm.data.records import write_jsonl
     from omnipath_lvlm.data.tasks import get_task
 
@@ -305,6 +310,9 @@ def export_dataset(
     wanted = None if tasks is None else set(tasks)
     for name in wanted or ():
         get_task(name)  # KeyError naming the known tasks
+    splits = list(splits)
+    if not splits or any(split not in SPLITS for split in splits):
+        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {splits}")
     patch_n, slide_n = split_counts(n_patches), split_counts(n_slides)
     manifest: dict[str, Any] = {
         "generator": "omnipath_lvlm.synth",
@@ -315,7 +323,7 @@ def export_dataset(
         "splits": {},
     }
     paths = {}
-    for split in SPLITS:
+    for split in splits:
         records: list[Any] = []
         p_seeds = split_seeds(seed, split, patch_n[split])
         s_seeds = split_seeds(seed, split, slide_n[split])
