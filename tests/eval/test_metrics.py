@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 from sklearn.metrics import accuracy_score, f1_score
 
 from omnipath_lvlm.eval.metrics import (
+    best_iou,
     MatchRule,
     TaskScores,
     box_iou,
@@ -516,3 +517,15 @@ def test_bad_rows_name_the_broken_contract():
     with pytest.raises(ValueError, match="does not parse cleanly"):
         score_rows([{"task": "LD", "kind": "boxes", "prediction": "", "answer": "<bbox>1.5, 0, 2, 2</bbox>"}])
 
+
+
+def test_best_iou_takes_the_best_true_box_per_prediction():
+    gt = [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]
+    pred = [[0.0, 0.0, 0.5, 0.5],      # equals the first true box
+            [0.5, 0.5, 1.0, 0.75],     # half of the second
+            [0.6, 0.0, 0.9, 0.3]]      # touches nothing
+    np.testing.assert_allclose(best_iou(pred, gt), [1.0, 0.5, 0.0])
+    assert best_iou(pred, []).tolist() == [0.0, 0.0, 0.0]
+    assert best_iou([], gt).shape == (0,)
+    with pytest.raises(ValueError, match="predicted boxes"):
+        best_iou([[0.0, 0.0, 1.0]], gt)

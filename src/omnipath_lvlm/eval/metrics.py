@@ -213,6 +213,18 @@ def box_iou(a: Any, b: Any) -> np.ndarray:
     return geometry.box_iou(as_boxes(a, "first boxes"), as_boxes(b, "second boxes"))
 
 
+def best_iou(pred: Any, gt: Any) -> np.ndarray:
+    """For each predicted box (N, 4), its highest IoU with any true box (M, 4) -> (N,); 0 where M == 0.
+
+    A looser reading than F1 at IoU 0.5: ``best_iou(p, g) > 0`` says which predictions touch a
+    true object at all (used to ask whether an undertrained model's boxes land on the objects).
+    """
+    pred, gt = as_boxes(pred, "predicted boxes"), as_boxes(gt, "true boxes")
+    if len(pred) == 0 or len(gt) == 0:
+        return np.zeros(len(pred), dtype=np.float64)
+    return box_iou(pred, gt).max(axis=1)
+
+
 @dataclass(frozen=True, eq=False)
 class BoxMatch:
     """One image's one-to-one pairing of predicted and ground-truth boxes."""
