@@ -28,7 +28,7 @@ demo: setup
 
 # retrain the shipped models/omnipath-nano from scratch on freshly generated SynthPath data
 nano: setup
-	REPRO_STAGES=data,full,results $(BIN)/python scripts/reproduce.py
+	REPRO_STAGES=data,nano,eval,results $(BIN)/python scripts/reproduce.py
 
 # every stage of docs/RESULTS.md (data, training, PGFC evaluation, ablations, attention maps, tables)
 reproduce: setup

@@ -4,11 +4,19 @@ Every stage runs an `omnipath` command (printed before it runs) or a few lines o
 code, writes into runs/repro/, and is skipped when its output already exists, so a stopped
 run resumes. Budget knobs (environment variables, defaults sized for a 2-core CPU):
 
-    REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_SLIDE_SIZE=6144 REPRO_STEPS=250 REPRO_ABLATION_STEPS=250
-    REPRO_STAGES=data,before,full,eval,after,ablations,results     (any subset, in this order;
+    REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_TEST_SLIDES=36 REPRO_SLIDE_SIZE=6144
+    REPRO_STEPS=600 REPRO_ABLATION_STEPS=250
+    REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
                  "after" also measures where A_last falls: scripts/attention_stats.py)
 
     .venv/bin/python scripts/reproduce.py
+
+Runs:
+- `nano`: the shipped model, configs/train/nano-synthpath.yaml as it is (slide-level records
+  weighted 3x), REPRO_STEPS steps; evaluated on the patch test records and, for the PGFC
+  ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test seed block).
+- `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all with the uniform
+  mixture of the train split and REPRO_ABLATION_STEPS steps, evaluated on the patch test records.
 
 Test data use seeds never used for training (SynthPath's split seed blocks); nothing is tuned on
 the test split. The final nano is copied to models/omnipath-nano/ (bf16 weights) with its card.
@@ -27,12 +35,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "repro"
 DATA = ROOT / "data" / "synthpath"
+SLIDE_TEST = ROOT / "data" / "synthpath-slides"  # more held-out slides for the PGFC ablation
 OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
 ENV = {k: int(os.environ.get(k, v)) for k, v in {
-    "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 250,
+    "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
     "REPRO_ABLATION_STEPS": 250, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
-STAGES = os.environ.get("REPRO_STAGES", "data,before,full,eval,after,ablations,results").split(",")
-ABLATIONS = {  # name -> OmniPathConfig.from_name overrides (cheapest first)
+STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,eval,after,ablations,results").split(",")
+QUESTION_STYLES = ("closed", "open", "yes_no")
+UNIFORM = "data.train=[{path: data/synthpath/train.jsonl, weight: 1.0}]"  # the ablations' mixture
+ABLATIONS = {  # name -> OmniPathConfig.from_name overrides (cheapest first); "full" is their baseline
+    "full": None,
     "no-uni-no-msff": {"use_uni": False, "scales": [1]},
     "no-uni": {"use_uni": False},
     "no-msff": {"scales": [1]},
@@ -55,8 +67,30 @@ def run(args: list[str]) -> None:
 
 
 def stage_data() -> None:
-    if (DATA / "test.jsonl").is_file():
+    if not (DATA / "test.jsonl").is_file():
+        export_main()
+    split_by_level(DATA / "train.jsonl", DATA / "train-patch.jsonl", DATA / "train-slide.jsonl")
+    split_by_level(DATA / "test.jsonl", DATA / "test-patch.jsonl", DATA / "test-slide.jsonl")
+    if not (SLIDE_TEST / "test.jsonl").is_file():
+        # 10 % of n_slides go to the test split; only that split is written
+        run([*OMNIPATH, "synth", "patches", "--n", "0", "--slides", str(10 * ENV["REPRO_TEST_SLIDES"]), "--split", "test",
+             "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192", "--out", str(SLIDE_TEST)])
+    lines = (SLIDE_TEST / "test.jsonl").read_text().splitlines()
+    for name, styles in (("test-questions.jsonl", QUESTION_STYLES), ("test-boxes.jsonl", ("boxes",))):
+        if not (SLIDE_TEST / name).is_file():  # the PGFC table's question kinds; cancer boxes on whole slides
+            (SLIDE_TEST / name).write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in styles) + "\n")
+
+
+def split_by_level(path: Path, patch: Path, slide: Path) -> None:
+    """Write the patch-level and slide-level records of `path` to two files (the mixture and the ablations use them)."""
+    if patch.is_file() and slide.is_file():
         return
+    lines = path.read_text().splitlines()
+    patch.write_text("\n".join(l for l in lines if '"slide"' not in l) + "\n")
+    slide.write_text("\n".join(l for l in lines if '"slide"' in l) + "\n")
+
+
+def export_main() -> None:
     from omnipath_lvlm.synth.export import export_dataset
 
     print(f"$ export_dataset({DATA}, n_patches={ENV['REPRO_PATCHES']}, n_slides={ENV['REPRO_SLIDES']}, seed=0, "
@@ -68,16 +102,11 @@ def stage_data() -> None:
                   f"slide_size={ENV['REPRO_SLIDE_SIZE']}, patch_size=192, max_boxes=16)'\n")
     export_dataset(DATA, n_patches=ENV["REPRO_PATCHES"], n_slides=ENV["REPRO_SLIDES"], seed=0,
                    slide_size=ENV["REPRO_SLIDE_SIZE"], patch_size=192, max_boxes=16)
-    # patch-level test records for the module ablations (slides are the PGFC ablation's)
-    lines = [l for l in (DATA / "test.jsonl").read_text().splitlines() if '"slide"' not in l]
-    (DATA / "test-patch.jsonl").write_text("\n".join(lines) + "\n")
-    slides = [l for l in (DATA / "test.jsonl").read_text().splitlines() if '"slide"' in l]
-    (DATA / "test-slide.jsonl").write_text("\n".join(slides) + "\n")
 
 
 def first_test_slide() -> Path:
-    rec = json.loads((DATA / "test-slide.jsonl").read_text().splitlines()[0])
-    return (DATA / rec["slide"]).resolve()
+    rec = json.loads((SLIDE_TEST / "test.jsonl").read_text().splitlines()[0])
+    return (SLIDE_TEST / rec["slide"]).resolve()
 
 
 def untrained_nano() -> Path:
@@ -102,13 +131,13 @@ def attention(model: Path, name: str) -> None:
          "--model", str(model), "--out", str(target)])
 
 
-def train(name: str, steps: int, overrides: dict | None = None) -> Path:
+def train(name: str, steps: int, overrides: dict | None = None, extra: tuple[str, ...] = ()) -> Path:
     out = RUNS / name
     final = out / "final"
     if (final / "config.json").is_file():
         return final
     args = [*OMNIPATH, "train", "configs/train/nano-synthpath.yaml", f"output_dir={out}", f"train.max_steps={steps}",
-            "logging.progress=false", "data.max_length=640"]
+            "logging.progress=false", "data.max_length=640", *extra]
     if overrides:
         args.append("model.overrides=" + json.dumps(overrides))
     if (out / "checkpoints").is_dir():
@@ -152,21 +181,21 @@ def main() -> int:
         stage_data()
     if "before" in STAGES:
         attention(untrained_nano(), "before")
-    final = None
-    if "full" in STAGES:
-        final = train("full", ENV["REPRO_STEPS"])
-        ship(final)
-    final = RUNS / "full" / "final"
+    nano = RUNS / "nano" / "final"
+    if "nano" in STAGES:
+        ship(train("nano", ENV["REPRO_STEPS"]))
     if "eval" in STAGES:
-        evaluate(final, DATA / "test.jsonl", RUNS / "eval-full", ["none", "random", "attention"])
+        evaluate(nano, DATA / "test-patch.jsonl", RUNS / "eval-nano", ["none"])
+        evaluate(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides", ["none", "random", "attention"])
+        evaluate(nano, SLIDE_TEST / "test-boxes.jsonl", RUNS / "eval-nano-slide-boxes", ["attention"])
     if "after" in STAGES:
-        attention(final, "after")
-        run([sys.executable, "scripts/attention_stats.py", str(untrained_nano()), str(final),
-             "--data", str(DATA / "test-slide.jsonl"), "--out", str(RUNS / "attention_stats.json")])
+        attention(nano, "after")
+        run([sys.executable, "scripts/attention_stats.py", str(untrained_nano()), str(nano),
+             "--data", str(SLIDE_TEST / "test-questions.jsonl"), "--out", str(RUNS / "attention_stats.json")])
     if "ablations" in STAGES:
         for name, overrides in ABLATIONS.items():
-            evaluate(train(name, ENV["REPRO_ABLATION_STEPS"], overrides), DATA / "test-patch.jsonl",
-                     RUNS / f"eval-{name}", ["none"])
+            final = train(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,))
+            evaluate(final, DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])
     if "results" in STAGES:
         run([sys.executable, "scripts/results.py"])
     print(f"reproduction stages {STAGES} done in {(time.time() - started) / 60:.1f} min")
