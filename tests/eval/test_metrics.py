@@ -529,3 +529,14 @@ def test_best_iou_takes_the_best_true_box_per_prediction():
     assert best_iou([], gt).shape == (0,)
     with pytest.raises(ValueError, match="predicted boxes"):
         best_iou([[0.0, 0.0, 1.0]], gt)
+
+
+def test_outline_answered_with_a_mask_is_scored_by_the_mask():
+    square = [[[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]]
+    scores = TaskScores()
+    truth_mask = rasterize_polygons(square, (64, 64))  # (64, 64), at another size than the raster below
+    assert scores.add_polygons("seg", "<mask>", square, (32, 32), pred_mask=truth_mask) == pytest.approx(1.0)
+    assert scores.add_polygons("seg", "<mask>", square, (32, 32), pred_mask=~truth_mask) == 0.0
+    assert scores.add_polygons("seg", "<mask>", square, (32, 32)) == 0.0  # no mask: unreadable text
+    summary = scores.summary()[task_key("seg")]
+    assert summary["n"] == 3 and summary["parse_failures"] == 1

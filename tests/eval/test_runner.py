@@ -345,6 +345,11 @@ def test_generated_masks_are_saved_at_truth_size_and_scored(test_set, loaded, tm
         assert saved.size == (40, 32)
     mask_summary = next(s for s in result.summaries.values() if s["kind"] == "mask")
     assert mask_summary["parse_failures"] == 0 and 0.0 <= mask_summary["dice"] <= 1.0
+    # an outline prompt answered with <mask> is scored by its mask, not as unreadable text
+    outline = next(p for p in read_predictions(tmp_path / PREDICTIONS).values() if p["kind"] == "polygons")
+    assert outline["pred_mask"] and (tmp_path / outline["pred_mask"]).is_file()
+    polygons_summary = next(s for s in result.summaries.values() if s["kind"] == "polygons")
+    assert polygons_summary["parse_failures"] == 0
 
 
 def test_scores_follow_the_answers(test_set, tmp_path):

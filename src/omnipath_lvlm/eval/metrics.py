@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from omnipath_lvlm.data import formats, geometry
@@ -601,14 +602,25 @@ class TaskScores:
 
     def add_polygons(
         self, task: str, answer_text: str, gt_polygons: Any, image_size: Sequence[int], *,
+        pred_mask: Any | None = None,
         level: str | None = None, group: str | None = None, variant: str | None = None,
     ) -> float:
-        """Dice of a ``<contour_list>`` answer against ground-truth polygons, both rasterised at image_size."""
-        parsed = formats.parse_polygons(answer_text)
+        """Dice of a ``<contour_list>`` answer against ground-truth polygons, both rasterised at image_size.
+
+        A model that answers the outline prompt with ``<mask>`` instead is scored by its decoded
+        mask (``pred_mask``, bool (h, w) at any size, resized to image_size), not as unreadable text.
+        """
         truth = _clean_truth(gt_polygons, formats.parse_polygons, task)
-        value = dice_score(rasterize_polygons(parsed.items, image_size), rasterize_polygons(truth, image_size))
+        if pred_mask is not None:
+            width, height = int(image_size[0]), int(image_size[1])
+            as_image = Image.fromarray(np.asarray(pred_mask, dtype=bool).astype(np.uint8) * 255)
+            pred, unreadable = np.asarray(as_image.resize((width, height), Image.NEAREST)) > 127, False
+        else:
+            parsed = formats.parse_polygons(answer_text)
+            pred, unreadable = rasterize_polygons(parsed.items, image_size), bool(parsed.problems)
+        value = dice_score(pred, rasterize_polygons(truth, image_size))
         record = self._record(task, "polygons", level, group, variant)
-        record.parse_failures += bool(parsed.problems)
+        record.parse_failures += unreadable
         record.dice.append(value)
         return value
 
@@ -675,7 +687,7 @@ class TaskScores:
             return add(task, prediction, answer, rule=rule, image_size=row.get("image_size"), **meta)
         if kind == "polygons":
             prediction, answer, image_size = need("prediction", "answer", "image_size")
-            return self.add_polygons(task, prediction, answer, image_size, **meta)
+            return self.add_polygons(task, prediction, answer, image_size, pred_mask=row.get("pred_mask"), **meta)
         if kind == "mask":
             (gt_mask,) = need("gt_mask")
             return self.add_mask(task, row.get("pred_mask"), gt_mask, **meta)

@@ -389,11 +389,19 @@ def _gt_mask_path(record: Record) -> str:
 
 
 def save_answer_mask(item: WorkItem, answer: Answer, out: Path) -> str | None:
-    """Union of the answer's masks at the ground-truth mask's size as PNG; its path relative to ``out``."""
-    if item.record.answer_style != "mask" or not answer.masks:
+    """Union of the answer's masks as PNG, its path relative to ``out``; None when the answer has no mask.
+
+    Mask items save at the ground-truth mask's size; outline (polygons) items answered with
+    ``<mask>`` save at the size their polygons are rasterised at for scoring.
+    """
+    style = item.record.answer_style
+    if style not in ("mask", "polygons") or not answer.masks:
         return None
-    with Image.open(_gt_mask_path(item.record)) as truth:
-        size = truth.size  # (width, height)
+    if style == "mask":
+        with Image.open(_gt_mask_path(item.record)) as truth:
+            size = truth.size  # (width, height)
+    else:
+        size = tuple(raster_size(image_size_of(item.record)))
     union = np.zeros((size[1], size[0]), dtype=bool)
     for mask in answer.masks:
         pil = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
@@ -509,6 +517,9 @@ def score_row(item: WorkItem, prediction: Mapping[str, Any], config: EvalConfig,
             row.update(match="centroid", radius_px=config.centroid_radius_px, image_size=list(image_size_of(record)))
     elif kind == "polygons":
         row.update(answer=record.gt.get("polygons", reference), image_size=raster_size(image_size_of(record)))
+        if prediction.get("pred_mask"):  # the outline prompt was answered with <mask>
+            with Image.open(config.out / prediction["pred_mask"]) as mask:
+                row["pred_mask"] = np.asarray(mask.convert("L")) > 0
     elif kind == "mask":
         with Image.open(_gt_mask_path(record)) as truth:
             row["gt_mask"] = np.asarray(truth.convert("L")) > 0
