@@ -327,9 +327,9 @@ def main() -> None:
                 f"- Wall time: {facts.get('wall_min', float('nan')):.0f} min on 2 CPU cores",
                 "- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
                 "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",
-                "Slide rows use PGFC attention with 4 regions. The `(polygons)` segmentation rows do not measure this",
-                "model: it answers segmentation prompts with `<mask>` (trained with `segmentation_output: mask`), which",
-                "the polygon scorer reads as an empty outline (see docs/RESULTS.md).", "", "## Training configuration", "", "", "```yaml", facts["config"].strip(), "```"]
+                "Slide rows use PGFC attention with 4 regions. Trained with `segmentation_output: mask`, the model",
+                "answers outline prompts with `<mask>` too; the `(polygons)` rows score those answers by their masks.",
+                "", "## Training configuration", "", "", "```yaml", facts["config"].strip(), "```"]
         (card / "README.md").write_text("\n".join(text) + "\n")
     print("wrote docs/RESULTS.md" + (" and models/omnipath-nano/README.md" if card.is_dir() else ""))
 
