@@ -26,8 +26,10 @@ test: setup
 demo: setup
 	$(BIN)/python -m omnipath_lvlm.demo
 
-# retrain the shipped models/omnipath-nano from scratch on freshly generated SynthPath data
+# retrain the shipped models/omnipath-nano from scratch (SynthPath data are generated if missing;
+# they are deterministic), evaluate it and rewrite its card; `make reproduce` resumes instead
 nano: setup
+	rm -rf runs/repro/nano runs/repro/eval-nano runs/repro/eval-nano-slides runs/repro/eval-nano-slide-boxes
 	REPRO_STAGES=data,nano,eval,results $(BIN)/python scripts/reproduce.py
 
 # every stage of docs/RESULTS.md (data, training, PGFC evaluation, ablations, attention maps, tables)
