@@ -1,0 +1,73 @@
+"""scripts/results.py: the tables RESULTS.md is built from, on hand-made predictions."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def results():
+    spec = importlib.util.spec_from_file_location("omnipath_results_script", ROOT / "scripts" / "results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _closed(i: int, label: str, options: list[str]) -> dict:
+    letter = "ABCDEF"[options.index(label)]
+    return {"id": f"q{i}", "task": "organ", "answer_style": "closed", "options": options,
+            "gt": {"label": label, "letter": letter}, "slide": "s.tiff",
+            "conversations": [{"from": "human", "value": "<image>\nWhich organ?"},
+                              {"from": "gpt", "value": f"{letter}. {label}"}]}
+
+
+def test_detection_overlap_scores_own_image_against_another(results, tmp_path):
+    a = "<bbox_list><bbox>0.000, 0.000, 0.400, 0.400</bbox></bbox_list>"
+    b = "<bbox_list><bbox>0.600, 0.600, 1.000, 1.000</bbox></bbox_list>"
+    preds = _write(tmp_path / "p.jsonl", [
+        {"id": "1", "task": "cancer_detection", "kind": "boxes", "prediction": a, "reference": a},
+        {"id": "2", "task": "cancer_detection", "kind": "boxes", "prediction": b.replace("</bbox_list>", ""), "reference": b}])
+    row = results.detection_overlap_table(preds).splitlines()[-1].split(" | ")
+    # task, images, boxes, repaired, own share, control share, own IoU, control IoU
+    assert row[1:] == ["2", "2", "1", "100.0", "0.0", "100.0", "0.0 |"]
+
+
+def test_pgfc_paired_table_counts_discordant_questions(results, tmp_path):
+    options = ["Colon", "Liver", "Kidney"]
+    records = [_closed(i, label, options) for i, label in enumerate(["Liver", "Kidney", "Colon"])]
+    test = _write(tmp_path / "t.jsonl", records)
+    rows = []
+    for r in records:
+        right = r["conversations"][-1]["value"]
+        rows.append({"id": r["id"], "variant": "none", "prediction": "unsure"})
+        rows.append({"id": r["id"], "variant": "attention", "prediction": right if r["id"] != "q2" else "A. Colon, B. Liver"})
+    table = results.pgfc_paired_table(_write(tmp_path / "p.jsonl", rows), test)
+    assert "| none | 3 | 0 | 0.0 |" in table and "| attention | 3 | 2 | 66.7 |" in table
+    assert "| attention vs none | 2 | 0 | 0.5 |" in table  # exact binomial test on 2 discordant pairs
+
+
+def test_closed_text_table_separates_letter_from_text(results, tmp_path):
+    test = _write(tmp_path / "t.jsonl", [_closed(0, "Liver", ["Colon", "Liver", "Kidney"])])
+    preds = _write(tmp_path / "p.jsonl", [{"id": "q0", "variant": None, "prediction": "C. Liver"}])
+    row = results.closed_text_table([(preds, test)]).splitlines()[-1]
+    assert row == "| slide | organ | – | 1 | 0.0 | 100.0 |"
+
+
+def test_chance_table_uses_uniform_and_best_constant_guesses(results, tmp_path):
+    records = [_closed(0, "Liver", ["Colon", "Liver"]), _closed(1, "Colon", ["Colon", "Liver", "Kidney", "Lung"])]
+    for i, answer in enumerate(["Yes", "No", "No"]):
+        records.append({"id": f"y{i}", "task": "mvi", "answer_style": "yes_no",
+                        "conversations": [{"from": "human", "value": "?"}, {"from": "gpt", "value": answer}]})
+    table = results.chance_table(_write(tmp_path / "t.jsonl", records))
+    assert "| slide | organ (closed) | 2 | 37.5 | uniform |" in table
+    assert '| patch | mvi | 3 | 66.7 | "no" |' in table
