@@ -42,7 +42,7 @@ def training_facts(run: Path) -> dict:
 
 
 def chance_table(test_jsonl: Path) -> str:
-    """What guessing scores on the same test records: 1/options for closed questions, the majority answer for yes/no."""
+    """What guessing scores on the same records: 1/options for closed questions, the best constant answer for the rest."""
     if not test_jsonl.is_file():
         return ""
     closed, constant = defaultdict(list), defaultdict(list)
