@@ -188,6 +188,8 @@ def main() -> int:
         evaluate(nano, DATA / "test-patch.jsonl", RUNS / "eval-nano", ["none"])
         evaluate(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides", ["none", "random", "attention"])
         evaluate(nano, SLIDE_TEST / "test-boxes.jsonl", RUNS / "eval-nano-slide-boxes", ["attention"])
+        # diagnostic: the regions the records list (2 on tumour, 2 on other tissue, as in training)
+        evaluate(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides-record", ["record"])
     if "after" in STAGES:
         attention(nano, "after")
         run([sys.executable, "scripts/attention_stats.py", str(untrained_nano()), str(nano),

@@ -89,12 +89,15 @@ def item_correct(predictions: Path, test_jsonl: Path) -> dict[tuple[str, str | N
     return out
 
 
-def pgfc_paired_table(predictions: Path, test_jsonl: Path) -> str:
-    """All slide questions pooled: accuracy per PGFC mode with a 95 % Wilson interval, and exact McNemar tests."""
+def pgfc_paired_table(predictions: list[Path], test_jsonl: Path) -> str:
+    """All slide questions pooled: accuracy per PGFC mode with a 95 % Wilson interval, and exact McNemar tests.
+
+    `predictions`: the eval runs' predictions files (their modes are merged by question id).
+    """
     from scipy.stats import binomtest
 
-    correct = item_correct(predictions, test_jsonl)
-    modes = [m for m in ("none", "random", "attention") if any(v == m for _, v in correct)]
+    correct = {k: v for path in predictions if path.is_file() for k, v in item_correct(path, test_jsonl).items()}
+    modes = [m for m in ("none", "random", "attention", "record") if any(v == m for _, v in correct)]
     ids = sorted({i for i, _ in correct if all((i, m) in correct for m in modes)})
     if not ids:
         return ""
@@ -104,7 +107,7 @@ def pgfc_paired_table(predictions: Path, test_jsonl: Path) -> str:
         ci = binomtest(k, len(ids)).proportion_ci(method="wilson")
         lines.append(f"| {m} | {len(ids)} | {k} | {100 * k / len(ids):.1f} | {100 * ci.low:.1f}–{100 * ci.high:.1f} |")
     lines += ["", "| Pair | only the first right | only the second right | exact McNemar p |", "|---|---|---|---|"]
-    for a, b in (("attention", "random"), ("attention", "none"), ("random", "none")):
+    for a, b in (("attention", "random"), ("attention", "none"), ("random", "none"), ("record", "attention")):
         if a in modes and b in modes:
             only_a = sum(correct[(i, a)] and not correct[(i, b)] for i in ids)
             only_b = sum(correct[(i, b)] and not correct[(i, a)] for i in ids)
@@ -253,7 +256,11 @@ def main() -> None:
                 chance_table(slide_test), "",
                 "All slide questions pooled (the same questions under each mode), with exact McNemar tests on",
                 "the questions where two modes disagree:", "",
-                pgfc_paired_table(slide_eval / "predictions.jsonl", slide_test), ""]
+                pgfc_paired_table([slide_eval / "predictions.jsonl", RUNS / "eval-nano-slides-record" / "predictions.jsonl"],
+                                  slide_test), "",
+                "`record` is a diagnostic, not a PGFC mode: it reads the 4 regions each test record lists, placed as",
+                "in training (2 on tumour, 2 on other annotated tissue). It asks whether better-placed regions would",
+                "help this model at all.", ""]
     if (nano_eval / "summary.json").is_file():
         summaries = load_summaries(nano_eval)
         out += ["## nano on its test split, per task", "", chance_table(ROOT / "data" / "synthpath" / "test-patch.jsonl"), ""]

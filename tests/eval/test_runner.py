@@ -1,6 +1,7 @@
 """Tests of the evaluation runner: planning, resumable prediction files, rank split, scoring."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -388,3 +389,14 @@ def test_oracle_run_resumed_and_split_gives_the_same_tables(test_set, tmp_path):
         run_eval(_config(test_set, split), answerer=Oracle(),
                  process=FakeRank(process_index=rank, num_processes=3, is_main_process=rank == 0))
     assert _tables(split) == _tables(whole)
+
+
+def test_pgfc_mode_record_reads_the_regions_the_record_lists(test_set, loaded):
+    records, _ = read_jsonl(test_set)
+    slide_record = next(r for r in records if r.slide is not None)
+    answer = ModelAnswerer(loaded, max_new_tokens=2, num_regions=3).answer([WorkItem(0, slide_record, "record")])[0]
+    assert answer.engine == "pipeline"
+    assert answer.regions == [pytest.approx([0.1, 0.2, 0.4, 0.6])]  # the record's box, not S = 3 chosen ones
+    bare = dataclasses.replace(slide_record, regions=[])
+    with pytest.raises(ValueError, match="lists no regions"):
+        ModelAnswerer(loaded, max_new_tokens=2).answer([WorkItem(0, bare, "record")])

@@ -51,7 +51,7 @@ def test_pgfc_paired_table_counts_discordant_questions(results, tmp_path):
         right = r["conversations"][-1]["value"]
         rows.append({"id": r["id"], "variant": "none", "prediction": "unsure"})
         rows.append({"id": r["id"], "variant": "attention", "prediction": right if r["id"] != "q2" else "A. Colon, B. Liver"})
-    table = results.pgfc_paired_table(_write(tmp_path / "p.jsonl", rows), test)
+    table = results.pgfc_paired_table([_write(tmp_path / "p.jsonl", rows), tmp_path / "absent.jsonl"], test)
     assert "| none | 3 | 0 | 0.0 |" in table and "| attention | 3 | 2 | 66.7 |" in table
     assert "| attention vs none | 2 | 0 | 0.5 |" in table  # exact binomial test on 2 discordant pairs
 

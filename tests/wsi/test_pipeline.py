@@ -235,3 +235,34 @@ def test_cli_analyze_folder_and_csv_skip_finished_slides(tmp_path, capsys):
     assert code == 1  # one slide of the list is missing: reported, the others still done
     assert (tmp_path / "csv" / "b" / "answer.json").is_file()
     assert "missing.png" in capsys.readouterr().err
+
+
+def test_given_regions_are_read_instead_of_chosen(engine):
+    picture = tissue_picture((400, 300))
+    given = [(10, 20, 110, 120), (350, -5, 450, 60)]  # the second sticks out of the image: clipped
+    analysis = engine.analyze(picture, "Grade?", pgfc=PGFCConfig(num_regions=5, mode="none"), max_new_tokens=2,
+                              regions=given)
+    assert [r.box for r in analysis.regions] == [(10.0, 20.0, 110.0, 120.0), (350.0, 0.0, 400.0, 60.0)]
+    grid = analysis.score_grid.shape[0]
+    for region in analysis.regions:  # the token cell holding each box's centre, with its attention score
+        x1, y1, x2, y2 = cell_box(region.token, grid, (400, 300))
+        cx, cy = (region.box[0] + region.box[2]) / 2, (region.box[1] + region.box[3]) / 2
+        assert x1 <= cx <= x2 and y1 <= cy <= y2
+        assert region.score == pytest.approx(float(analysis.score_grid[region.token]))
+    assert engine.analyze(picture, "Grade?", max_new_tokens=1, regions=[]).regions == []
+    with pytest.raises(ValueError, match="no area inside"):
+        engine.analyze(picture, "Grade?", max_new_tokens=1, regions=[(500, 0, 600, 100)])
+
+
+def test_cli_analyze_region_option(tmp_path, capsys):
+    source = tmp_path / "tile.png"
+    tissue_picture((400, 300)).save(source)
+    args = ["analyze", str(source), "-q", "Grade?", "--model", "test-tiny", "--max-new-tokens", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main([*args, "--out", str(tmp_path / "r"), "--region", "200,0,300,100"]) == 0
+    answer = json.loads((tmp_path / "r" / "answer.json").read_text())
+    assert [r["box"] for r in answer["regions"]] == [[200.0, 0.0, 300.0, 100.0]]
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "bad"), "--region", "300,0,200,100"])
+    assert "X2 > X1" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PGFC_CHOICES = ("attention", "random", "none")
+PGFC_CHOICES = ("attention", "random", "none", "record")  # omnipath_lvlm.eval.runner.PGFC_MODES (kept import-free)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, help="JSONL test set (omnipath_lvlm.data.records format)")
     parser.add_argument("--out", type=Path, help="run folder: predictions.jsonl, summary.json, tables")
     parser.add_argument("--pgfc", nargs="+", choices=PGFC_CHOICES, default=["attention"],
-                        help="PGFC mode(s) for slide-level records; several modes give the ablation "
-                             "(default: attention)")
+                        help="PGFC mode(s) for slide-level records; several modes give the ablation; 'record' "
+                             "reads the regions each record lists instead of choosing (default: attention)")
     parser.add_argument("--num-regions", type=int, default=8, help="detail regions PGFC adds per slide (default 8)")
     parser.add_argument("--batch-size", type=int, default=4, help="items generated together (default 4)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length cap (default 512)")

@@ -21,8 +21,9 @@ How an item is answered (:class:`ModelAnswerer`):
   read from the record's ``masks``;
 * slide records: one at a time through the WSI pipeline
   (``omnipath_lvlm.wsi.pipeline.OmniPathPipeline.analyze``: thumbnail plus
-  ``num_regions`` detail regions chosen by the item's PGFC mode), which also
-  reads the slide; the regions it used are stored with the prediction.
+  ``num_regions`` detail regions chosen by the item's PGFC mode, or for mode
+  ``record`` the regions the record lists), which also reads the slide; the
+  regions it used are stored with the prediction.
 
 Greedy answers of patch items can depend slightly on the batch they share
 (left padding changes the floating-point sums), so a resumed run is bit-exact
@@ -66,7 +67,7 @@ from omnipath_lvlm.data import formats
 from omnipath_lvlm.data.records import HUMAN, IMAGE_TOKEN, MASK_TOKEN, Record, read_jsonl
 from omnipath_lvlm.fileio import atomic_write_text
 
-PGFC_MODES = ("attention", "random", "none")
+PGFC_MODES = ("attention", "random", "none", "record")  # "record": the regions the record lists
 GROUP_BY = ("source", "organ", "none")
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -236,10 +237,17 @@ class ModelAnswerer:
         question = turns[-1]["value"].replace(IMAGE_TOKEN, "").strip()
         history = [(turns[i]["value"].replace(IMAGE_TOKEN, "").strip(), turns[i + 1]["value"])
                    for i in range(0, len(turns) - 1, 2)]
-        pgfc = PGFCConfig(mode=item.variant, num_regions=self.num_regions, region_pool=self.region_pool,
-                          seed=self.seed)
+        given = None
+        if item.variant == "record":  # the record's own regions (relative boxes) instead of PGFC's choice
+            if not item.record.regions:
+                raise ValueError(f"record {item.record.id!r} lists no regions, which PGFC mode 'record' reads")
+            width, height = image_size_of(item.record)
+            given = [[b[0] * width, b[1] * height, b[2] * width, b[3] * height]
+                     for b in (r["box"] for r in item.record.regions)]
+        pgfc = PGFCConfig(mode="attention" if given is not None else item.variant, num_regions=self.num_regions,
+                          region_pool=self.region_pool, seed=self.seed)
         analysis = self.pipeline.analyze(item.record.slide, question, pgfc=pgfc, history=history,
-                                         max_new_tokens=self.max_new_tokens)
+                                         max_new_tokens=self.max_new_tokens, regions=given)
         width, height = analysis.slide_size
         regions = [[r.box[0] / width, r.box[1] / height, r.box[2] / width, r.box[3] / height]
                    for r in analysis.regions]

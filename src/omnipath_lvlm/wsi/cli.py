@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
     analyze.add_argument("--pgfc", choices=("attention", "random", "none"), default="attention")
     analyze.add_argument("--num-regions", type=int, default=8, help="S, detail regions per answer (default 8)")
+    analyze.add_argument("--region", type=_box, action="append", metavar="X1,Y1,X2,Y2",
+                         help="read this level-0 box as a detail region instead of choosing regions (repeatable; "
+                              "e.g. a region of interest drawn in QuPath)")
     analyze.add_argument("--max-new-tokens", type=int, default=256)
     analyze.set_defaults(func=run_analyze)
 
@@ -78,6 +81,14 @@ def batch_items(source: Path, out: Path) -> list[tuple[Path, Path]] | None:
     return items
 
 
+def _box(text: str) -> list[float]:
+    """'x1,y1,x2,y2' (level-0 pixels) -> four floats; argparse reports the ValueError as a usage error."""
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise argparse.ArgumentTypeError(f"a region is X1,Y1,X2,Y2 with X2 > X1 and Y2 > Y1, got {text!r}")
+    return values
+
+
 def analyze_one(engine, slide_path: Path, out_dir: Path, args: argparse.Namespace) -> str:
     """Analyse one slide and atomically write its five result files; returns the answer."""
     from omnipath_lvlm.wsi.outputs import write_outputs
@@ -87,7 +98,8 @@ def analyze_one(engine, slide_path: Path, out_dir: Path, args: argparse.Namespac
 
     pgfc = PGFCConfig(num_regions=args.num_regions, mode=args.pgfc)
     with open_slide(slide_path) as slide:
-        analysis = engine.analyze(slide, args.question, pgfc=pgfc, max_new_tokens=args.max_new_tokens)
+        analysis = engine.analyze(slide, args.question, pgfc=pgfc, max_new_tokens=args.max_new_tokens,
+                                  regions=args.region)
         thumbnail = slide.thumbnail(DISPLAY_SIZE)
         write_outputs(analysis, thumbnail, out_dir)
         write_report(analysis, slide, out_dir)
@@ -106,6 +118,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         items = batch_items(args.slide, args.out)
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
+    if items is not None and args.region:
+        return _fail("--region boxes are level-0 pixels of one slide; give one slide, not a folder or CSV")
     if items is None:  # one slide: results straight into --out
         try:
             from omnipath_lvlm.wsi.slide import open_slide

@@ -224,6 +224,23 @@ def region_box(token: tuple[int, int], grid: int, slide_size: tuple[int, int], r
     return (left, top, left + region_size, top + region_size)
 
 
+def given_region(box: Sequence[float], grid: int, slide_size: tuple[int, int]) -> tuple[Box, tuple[int, int]]:
+    """A caller's level-0 box clipped to the slide, and the (row, col) token cell holding its centre.
+
+    ValueError when the box is not four numbers or has no area inside the slide.
+    """
+    if len(box) != 4:
+        raise ValueError(f"a region is (x1, y1, x2, y2) in level-0 pixels, got {list(box)}")
+    width, height = slide_size
+    x1, y1 = max(float(box[0]), 0.0), max(float(box[1]), 0.0)
+    x2, y2 = min(float(box[2]), float(width)), min(float(box[3]), float(height))
+    if not (x2 > x1 and y2 > y1):
+        raise ValueError(f"region {list(box)} has no area inside the {width}x{height} slide")
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    token = (min(int(cy / height * grid), grid - 1), min(int(cx / width * grid), grid - 1))
+    return (x1, y1, x2, y2), token
+
+
 def relative_box(box: Box, slide_size: tuple[int, int]) -> Box:
     """A level-0 box as fractions (0..1) of the slide's width and height, clipped to the slide."""
     width, height = slide_size

@@ -34,6 +34,7 @@ from omnipath_lvlm.wsi.pgfc import (
     PGFCConfig,
     build_conversation,
     encode_regions,
+    given_region,
     last_token_image_attention,
     prompt_embeddings,
     read_regions,
@@ -133,11 +134,15 @@ class OmniPathPipeline:
         max_new_tokens: int = 256,
         on_text: Callable[[str], None] | None = None,
         input_masks: Sequence[np.ndarray] = (),
+        regions: Sequence[Sequence[float]] | None = None,
     ) -> Analysis:
         """Answer ``question`` about ``source`` (slide path, PIL image or open slide); see the module docstring.
 
         ``input_masks`` are binary masks over the whole slide/image (any resolution), one per
         ``<mask>`` token in ``question``: each points the model at a region (mask encoder).
+        ``regions``: level-0 boxes (x1, y1, x2, y2) to read as the detail regions instead of
+        choosing them (a pathologist's regions of interest); the PGFC mode and S are then unused,
+        the other PGFC settings (pooling, read size) apply.
         """
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
@@ -147,7 +152,8 @@ class OmniPathPipeline:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         with self._opened(source, timings) as slide, torch.no_grad():
-            analysis = self._run(slide, question, config, list(history), max_new_tokens, on_text, timings, list(input_masks))
+            analysis = self._run(slide, question, config, list(history), max_new_tokens, on_text, timings,
+                                 list(input_masks), None if regions is None else list(regions))
         timings["total"] = time.perf_counter() - started
         return analysis
 
@@ -173,7 +179,8 @@ class OmniPathPipeline:
             if owned:
                 slide.close()
 
-    def _run(self, slide, question, config: PGFCConfig, history, max_new_tokens, on_text, timings, input_masks) -> Analysis:
+    def _run(self, slide, question, config: PGFCConfig, history, max_new_tokens, on_text, timings, input_masks,
+             given) -> Analysis:
         from omnipath_lvlm.wsi.tissue import tissue_mask
 
         model, processor, grid = self.model, self.processor, self.grid
@@ -197,10 +204,14 @@ class OmniPathPipeline:
         timings["score"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        tokens = select_tokens(score_grid, tissue, config)
-        boxes = [region_box(t, grid, slide_size, config.region_size) for t in tokens]
+        if given is None:
+            tokens = select_tokens(score_grid, tissue, config)
+            boxes = [region_box(t, grid, slide_size, config.region_size) for t in tokens]
+        else:
+            boxes, tokens = map(list, zip(*[given_region(b, grid, slide_size) for b in given])) if given else ([], [])
+        scored = given is not None or config.mode == "attention"
         regions = [
-            Region(box=tuple(float(v) for v in box), score=float(score_grid[t]) if config.mode == "attention" else 0.0, token=t)
+            Region(box=tuple(float(v) for v in box), score=float(score_grid[t]) if scored else 0.0, token=t)
             for t, box in zip(tokens, boxes)
         ]
         encoded = thumb
