@@ -7,7 +7,8 @@ run resumes. Budget knobs (environment variables, defaults sized for a 2-core CP
     REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_TEST_SLIDES=36 REPRO_SLIDE_SIZE=6144
     REPRO_STEPS=600 REPRO_ABLATION_STEPS=250
     REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
-                 "after" also measures where A_last falls: scripts/attention_stats.py)
+                 "after" also measures where A_last falls: scripts/attention_stats.py;
+                 add "probe" for the optional slide-only fine-tune diagnostic, about 35 min more)
 
     .venv/bin/python scripts/reproduce.py
 
@@ -39,7 +40,7 @@ SLIDE_TEST = ROOT / "data" / "synthpath-slides"  # more held-out slides for the 
 OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
 ENV = {k: int(os.environ.get(k, v)) for k, v in {
     "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
-    "REPRO_ABLATION_STEPS": 250, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
+    "REPRO_ABLATION_STEPS": 250, "REPRO_PROBE_STEPS": 150, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,eval,after,ablations,results").split(",")
 QUESTION_STYLES = ("closed", "open", "yes_no")
 UNIFORM = "data.train=[{path: data/synthpath/train.jsonl, weight: 1.0}]"  # the ablations' mixture
@@ -198,6 +199,11 @@ def main() -> int:
         for name, overrides in ABLATIONS.items():
             final = train(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,))
             evaluate(final, DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])
+    if "probe" in STAGES:  # can nano learn slide questions from regions at all, given many passes over them?
+        probe = train("probe-slides", ENV["REPRO_PROBE_STEPS"], extra=(
+            "model.preset=null", f"model.checkpoint={nano}", "data.train=[{path: data/synthpath/train-slide.jsonl, weight: 1.0}]",
+            "optim.lr=1e-4", "checkpoint.save_every=1000", "logging.eval_every=1000"))
+        evaluate(probe, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-probe-slides", ["attention", "record"])
     if "results" in STAGES:
         run([sys.executable, "scripts/results.py"])
     print(f"reproduction stages {STAGES} done in {(time.time() - started) / 60:.1f} min")

@@ -197,6 +197,17 @@ def metrics_table(summaries: dict[str, dict], variants: tuple[str | None, ...] =
     return "\n".join(lines)
 
 
+def variant_table(summaries: dict[str, dict]) -> str:
+    """Accuracy (%) of each classification task (rows) under each PGFC variant (columns) present."""
+    variants = [v for v in ("none", "random", "attention", "record") if any(s.get("variant") == v for s in summaries.values())]
+    cells = {(s["task"], s["variant"]): s for s in summaries.values() if s.get("accuracy") is not None}
+    lines = ["| Task | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    for task in sorted({t for t, _ in cells}):
+        lines.append(f"| {task} | " + " | ".join(pct(cells[(task, v)]["accuracy"]) if (task, v) in cells else "–"
+                                                 for v in variants) + " |")
+    return "\n".join(lines)
+
+
 def ablation_table(runs: dict[str, dict]) -> str:
     """Rows: model variants; columns: patch-level accuracy tasks (mean), detection F1 / IoU per task."""
     acc_tasks = sorted({s["task"] for r in runs.values() for s in r.values()
@@ -261,6 +272,18 @@ def main() -> None:
                 "`record` is a diagnostic, not a PGFC mode: it reads the 4 regions each test record lists, placed as",
                 "in training (2 on tumour, 2 on other annotated tissue). It asks whether better-placed regions would",
                 "help this model at all.", ""]
+    probe_eval = RUNS / "eval-probe-slides"
+    if (probe_eval / "summary.json").is_file() and (RUNS / "probe-slides" / "metrics.jsonl").is_file():
+        probe = training_facts(RUNS / "probe-slides")
+        slide_train = ROOT / "data" / "synthpath" / "train-slide.jsonl"
+        n_train = len(slide_train.read_text().splitlines()) if slide_train.is_file() else 0
+        passes = f"about {probe['steps'] * 16 / n_train:.0f} passes over them" if n_train else "passes unknown"
+        out += ["### Diagnostic: nano fine-tuned on slide questions only (optional stage `probe`)", "",
+                f"The shipped nano, trained {probe['steps']} more steps (batch 16, lr 1e-4) on the {n_train} training slide records",
+                f"alone ({passes}), then asked the same held-out slide questions. Does the model read",
+                "slide-level answers from the regions once it has seen the slide questions many times?", "",
+                pgfc_paired_table([probe_eval / "predictions.jsonl"], slide_test), "",
+                "Per task, accuracy (%):", "", variant_table(load_summaries(probe_eval)), ""]
     if (nano_eval / "summary.json").is_file():
         summaries = load_summaries(nano_eval)
         out += ["## nano on its test split, per task", "", chance_table(ROOT / "data" / "synthpath" / "test-patch.jsonl"), ""]
