@@ -27,6 +27,7 @@ from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
 from omnipath_lvlm.config import IMAGE_TOKEN, MASK_TOKEN, OmniPathConfig, pooled_grid_side
+from omnipath_lvlm.data import geometry
 
 VICUNA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -138,8 +139,7 @@ class OmniPathProcessor(ProcessorMixin):
             arr = np.asarray(mask.convert("L") if isinstance(mask, Image.Image) else mask)
             if arr.ndim != 2 or arr.size == 0:
                 raise ValueError(f"{what} {i} must be a non-empty 2-D binary mask, got shape {arr.shape}")
-            pil = Image.fromarray((arr > 0).astype(np.uint8) * 255)
-            out.append(torch.from_numpy(np.asarray(pil.resize((size, size), Image.NEAREST)) > 127).float())
+            out.append(torch.from_numpy(geometry.resize_mask(arr, (size, size))).float())
         return torch.stack(out) if out else torch.zeros(0, size, size)
 
     # ------------------------------------------------------------------ text

@@ -8,6 +8,7 @@ from skimage.measure import label
 
 from omnipath_lvlm.data.formats import format_boxes, parse_boxes
 from omnipath_lvlm.data.geometry import (
+    resize_mask,
     box_iou,
     dice,
     instance_mask_to_boxes,
@@ -236,3 +237,14 @@ def test_instance_boxes_survive_the_text_format():
     restored = to_absolute(np.array(parsed.items), 400, 300)
     # Three decimals of 400 px is 0.4 px: rounding recovers the integer edges.
     np.testing.assert_array_equal(np.rint(restored).astype(int), boxes)
+
+
+def test_resize_mask_is_nearest_neighbour_to_width_height():
+    mask = np.zeros((2, 4), dtype=np.uint8)  # (H, W)
+    mask[0, 1] = 7  # any non-zero value is set
+    big = resize_mask(mask, (8, 4))  # (width, height)
+    assert big.shape == (4, 8) and big.dtype == bool
+    assert big[:2, 2:4].all() and big.sum() == 4
+    assert resize_mask(big, (4, 2)).tolist() == (mask > 0).tolist()
+    with pytest.raises(ValueError, match="2-D"):
+        resize_mask(np.zeros((2, 2, 3)), (4, 4))

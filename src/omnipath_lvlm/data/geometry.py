@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import shapely
 from numpy.typing import ArrayLike, NDArray
+from PIL import Image
 from scipy import ndimage
 from shapely.geometry import LineString, Point, Polygon
 from shapely.geometry.polygon import orient
@@ -100,6 +101,16 @@ def mask_to_polygons(mask: ArrayLike, max_vertices: int = 50, min_area: float = 
         vertices[:, 1] = np.clip(vertices[:, 1], 0.0, mask.shape[0])
         polygons.append(vertices)
     return polygons
+
+
+def resize_mask(mask: ArrayLike, size: tuple[int, int]) -> NDArray[np.bool_]:
+    """A 2-D mask (non-zero = set) resized to ``size`` = (width, height) by nearest neighbour -> (H, W) bool."""
+    values = np.asarray(mask)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"a mask must be a non-empty 2-D array, got shape {values.shape}")
+    width, height = int(size[0]), int(size[1])
+    picture = Image.fromarray((values > 0).astype(np.uint8) * 255)
+    return np.asarray(picture.resize((width, height), Image.NEAREST)) > 127
 
 
 def polygons_to_mask(polygons: list[ArrayLike], shape: tuple[int, int]) -> NDArray[np.bool_]:

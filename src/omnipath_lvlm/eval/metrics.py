@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from omnipath_lvlm.data import formats, geometry
@@ -612,9 +611,7 @@ class TaskScores:
         """
         truth = _clean_truth(gt_polygons, formats.parse_polygons, task)
         if pred_mask is not None:
-            width, height = int(image_size[0]), int(image_size[1])
-            as_image = Image.fromarray(np.asarray(pred_mask, dtype=bool).astype(np.uint8) * 255)
-            pred, unreadable = np.asarray(as_image.resize((width, height), Image.NEAREST)) > 127, False
+            pred, unreadable = geometry.resize_mask(pred_mask, (image_size[0], image_size[1])), False
         else:
             parsed = formats.parse_polygons(answer_text)
             pred, unreadable = rasterize_polygons(parsed.items, image_size), bool(parsed.problems)

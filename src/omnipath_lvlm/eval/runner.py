@@ -63,7 +63,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from omnipath_lvlm.data import formats
+from omnipath_lvlm.data import formats, geometry
 from omnipath_lvlm.data.records import HUMAN, IMAGE_TOKEN, MASK_TOKEN, Record, read_jsonl
 from omnipath_lvlm.fileio import atomic_write_text
 
@@ -241,9 +241,7 @@ class ModelAnswerer:
         if item.variant == "record":  # the record's own regions (relative boxes) instead of PGFC's choice
             if not item.record.regions:
                 raise ValueError(f"record {item.record.id!r} lists no regions, which PGFC mode 'record' reads")
-            width, height = image_size_of(item.record)
-            given = [[b[0] * width, b[1] * height, b[2] * width, b[3] * height]
-                     for b in (r["box"] for r in item.record.regions)]
+            given = geometry.to_absolute([r["box"] for r in item.record.regions], *image_size_of(item.record)).tolist()
         pgfc = PGFCConfig(mode="attention" if given is not None else item.variant, num_regions=self.num_regions,
                           region_pool=self.region_pool, seed=self.seed)
         analysis = self.pipeline.analyze(item.record.slide, question, pgfc=pgfc, history=history,
@@ -412,8 +410,7 @@ def save_answer_mask(item: WorkItem, answer: Answer, out: Path) -> str | None:
         size = tuple(raster_size(image_size_of(item.record)))
     union = np.zeros((size[1], size[0]), dtype=bool)
     for mask in answer.masks:
-        pil = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
-        union |= np.asarray(pil.resize(size, Image.NEAREST)) > 127
+        union |= geometry.resize_mask(mask, size)
     relative = Path(MASK_DIR) / _mask_name(item.key)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     Image.fromarray(union.astype(np.uint8) * 255).save(out / relative)

@@ -208,7 +208,8 @@ class OmniPathPipeline:
             tokens = select_tokens(score_grid, tissue, config)
             boxes = [region_box(t, grid, slide_size, config.region_size) for t in tokens]
         else:
-            boxes, tokens = map(list, zip(*[given_region(b, grid, slide_size) for b in given])) if given else ([], [])
+            picked = [given_region(b, grid, slide_size) for b in given]  # [(level-0 box, token)]
+            boxes, tokens = [box for box, _ in picked], [token for _, token in picked]
         scored = given is not None or config.mode == "attention"
         regions = [
             Region(box=tuple(float(v) for v in box), score=float(score_grid[t]) if scored else 0.0, token=t)
