@@ -4,7 +4,7 @@ Every stage runs an `omnipath` command (printed before it runs) or a few lines o
 code, writes into runs/repro/, and is skipped when its output already exists, so a stopped
 run resumes. Budget knobs (environment variables, defaults sized for a 2-core CPU):
 
-    REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_TEST_SLIDES=36 REPRO_SLIDE_SIZE=6144
+    REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_TEST_SLIDES=36 REPRO_EXTRA_SLIDES=240 REPRO_SLIDE_SIZE=6144
     REPRO_STEPS=600 REPRO_ABLATION_STEPS=250
     REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
                  "after" also measures where A_last falls: scripts/attention_stats.py;
@@ -12,9 +12,14 @@ run resumes. Budget knobs (environment variables, defaults sized for a 2-core CP
 
     .venv/bin/python scripts/reproduce.py
 
+Data: data/synthpath (patches and slides, base seed 0), data/synthpath-slides (REPRO_TEST_SLIDES
+held-out slides of base seed 0's test block, for the PGFC ablation) and data/synthpath-train-slides-1,
+-2 (REPRO_EXTRA_SLIDES more training slides, half from base seed 1's train block and half from base
+seed 2's, generated in two parallel processes: slide-level questions need many slides).
+
 Runs:
-- `nano`: the shipped model, configs/train/nano-synthpath.yaml as it is (slide-level records
-  weighted 3x), REPRO_STEPS steps; evaluated on the patch test records and, for the PGFC
+- `nano`: the shipped model, configs/train/nano-synthpath.yaml as it is (patch records of
+  data/synthpath, slide records of all the training slides), REPRO_STEPS steps; evaluated on the patch test records and, for the PGFC
   ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test seed block).
 - `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all with the uniform
   mixture of the train split and REPRO_ABLATION_STEPS steps, evaluated on the patch test records.
@@ -37,9 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "repro"
 DATA = ROOT / "data" / "synthpath"
 SLIDE_TEST = ROOT / "data" / "synthpath-slides"  # more held-out slides for the PGFC ablation
+EXTRA_SEEDS = (1, 2)  # base seeds of the extra training slides (their train blocks; see synth.export.split_seeds)
 OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
 ENV = {k: int(os.environ.get(k, v)) for k, v in {
-    "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
+    "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_EXTRA_SLIDES": 240, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
     "REPRO_ABLATION_STEPS": 250, "REPRO_PROBE_STEPS": 150, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,eval,after,ablations,results").split(",")
 QUESTION_STYLES = ("closed", "open", "yes_no")
@@ -53,33 +59,53 @@ ABLATIONS = {  # name -> OmniPathConfig.from_name overrides (cheapest first); "f
 LOG = RUNS / "commands.log"
 
 
-def run(args: list[str]) -> None:
-    line = " ".join(shlex.quote(a) for a in args).replace(sys.executable + " -m omnipath_lvlm.cli", "omnipath")
-    print(f"$ {line}", flush=True)
+def run(*commands: list[str]) -> None:
+    """Run the commands side by side (one process each), logging them and their common wall time."""
+    lines = [" ".join(shlex.quote(a) for a in args).replace(sys.executable + " -m omnipath_lvlm.cli", "omnipath")
+             for args in commands]
     RUNS.mkdir(parents=True, exist_ok=True)
     with LOG.open("a") as log:
-        log.write(line + "\n")
+        for line in lines:
+            print(f"$ {line}", flush=True)
+            log.write(line + ("  &\n" if len(lines) > 1 else "\n"))
     tic = time.time()
-    subprocess.run(args, check=True, cwd=ROOT)
+    processes = [subprocess.Popen(args, cwd=ROOT) for args in commands]
+    failed = [line for line, p in zip(lines, processes) if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"failed: {failed}")
     seconds = time.time() - tic
     print(f"  ({seconds:.0f}s)", flush=True)
     with LOG.open("a") as log:
-        log.write(f"#   {seconds / 60:.1f} min\n")
+        log.write(f"#   {seconds / 60:.1f} min" + (" (side by side)\n" if len(lines) > 1 else "\n"))
 
 
 def stage_data() -> None:
-    if not (DATA / "test.jsonl").is_file():
-        export_main()
-    split_by_level(DATA / "train.jsonl", DATA / "train-patch.jsonl", DATA / "train-slide.jsonl")
-    split_by_level(DATA / "test.jsonl", DATA / "test-patch.jsonl", DATA / "test-slide.jsonl")
+    commands = [] if (DATA / "test.jsonl").is_file() else [main_export_command()]
+    commands += [extra_slides_command(seed) for seed in EXTRA_SEEDS
+                 if not (ROOT / "data" / f"synthpath-train-slides-{seed}" / "train.jsonl").is_file()]
     if not (SLIDE_TEST / "test.jsonl").is_file():
         # 10 % of n_slides go to the test split; only that split is written
-        run([*OMNIPATH, "synth", "patches", "--n", "0", "--slides", str(10 * ENV["REPRO_TEST_SLIDES"]), "--split", "test",
-             "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192", "--out", str(SLIDE_TEST)])
+        commands.append([*OMNIPATH, "synth", "patches", "--n", "0", "--slides", str(10 * ENV["REPRO_TEST_SLIDES"]),
+                         "--split", "test", "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192",
+                         "--out", "data/synthpath-slides"])
+    if commands:  # independent generators, side by side
+        run(*commands)
+    split_by_level(DATA / "train.jsonl", DATA / "train-patch.jsonl", DATA / "train-slide.jsonl")
+    split_by_level(DATA / "test.jsonl", DATA / "test-patch.jsonl", DATA / "test-slide.jsonl")
     lines = (SLIDE_TEST / "test.jsonl").read_text().splitlines()
     for name, styles in (("test-questions.jsonl", QUESTION_STYLES), ("test-boxes.jsonl", ("boxes",))):
         if not (SLIDE_TEST / name).is_file():  # the PGFC table's question kinds; cancer boxes on whole slides
             (SLIDE_TEST / name).write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in styles) + "\n")
+
+
+def extra_slides_command(seed: int) -> list[str]:
+    """Export only the train split of base seed `seed`: REPRO_EXTRA_SLIDES / len(EXTRA_SEEDS) slides."""
+    from omnipath_lvlm.synth.export import split_counts
+
+    wanted = ENV["REPRO_EXTRA_SLIDES"] // len(EXTRA_SEEDS)
+    n = next(n for n in range(wanted, 2 * wanted + 3) if split_counts(n)["train"] >= wanted)
+    return [*OMNIPATH, "synth", "patches", "--n", "0", "--slides", str(n), "--split", "train", "--seed", str(seed),
+            "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192", "--out", f"data/synthpath-train-slides-{seed}"]
 
 
 def split_by_level(path: Path, patch: Path, slide: Path) -> None:
@@ -91,18 +117,11 @@ def split_by_level(path: Path, patch: Path, slide: Path) -> None:
     slide.write_text("\n".join(l for l in lines if '"slide"' in l) + "\n")
 
 
-def export_main() -> None:
-    from omnipath_lvlm.synth.export import export_dataset
-
-    print(f"$ export_dataset({DATA}, n_patches={ENV['REPRO_PATCHES']}, n_slides={ENV['REPRO_SLIDES']}, seed=0, "
-          f"slide_size={ENV['REPRO_SLIDE_SIZE']}, patch_size=192, max_boxes=16)", flush=True)
-    RUNS.mkdir(parents=True, exist_ok=True)
-    with LOG.open("a") as log:
-        log.write(f"python -c 'from omnipath_lvlm.synth.export import export_dataset; export_dataset(\"data/synthpath\", "
-                  f"n_patches={ENV['REPRO_PATCHES']}, n_slides={ENV['REPRO_SLIDES']}, seed=0, "
-                  f"slide_size={ENV['REPRO_SLIDE_SIZE']}, patch_size=192, max_boxes=16)'\n")
-    export_dataset(DATA, n_patches=ENV["REPRO_PATCHES"], n_slides=ENV["REPRO_SLIDES"], seed=0,
-                   slide_size=ENV["REPRO_SLIDE_SIZE"], patch_size=192, max_boxes=16)
+def main_export_command() -> list[str]:
+    """Patches and slides of base seed 0, all three splits (the ablations' data; nano's patch records)."""
+    return [*OMNIPATH, "synth", "patches", "--n", str(ENV["REPRO_PATCHES"]), "--slides", str(ENV["REPRO_SLIDES"]),
+            "--seed", "0", "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192", "--max-boxes", "16",
+            "--out", "data/synthpath"]
 
 
 def first_test_slide() -> Path:

@@ -41,6 +41,44 @@ def training_facts(run: Path) -> dict:
     return facts
 
 
+CARRIED = "> Carried over from the previous docs/RESULTS.md:"
+
+
+def carried_section(previous: str, heading: str, runs: list[str]) -> list[str]:
+    """`heading`'s section of an earlier RESULTS.md text, for runs no longer in runs/repro/.
+
+    The section (up to the next "## " heading) is kept verbatim, with the commands that made
+    `runs` and their wall times from that file's commands block. Empty when the earlier text has
+    no such section, or only its "Not run yet" placeholder.
+    """
+    lines = previous.splitlines()
+    if heading not in lines:
+        return []
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    section = lines[start:end]
+    if not any(line.startswith("|") for line in section):
+        return []
+    if any(line.startswith(CARRIED) for line in section):  # carried before: already annotated
+        return section
+    commands, keep = [], False
+    for line in lines[:start]:
+        if line.startswith("#   "):
+            if keep:
+                commands.append(line)
+            continue
+        tokens = line.split()  # a run's training (output_dir=...) and evaluation (--out ...) commands
+        keep = any(f"output_dir=runs/repro/{name}" in tokens or f"runs/repro/eval-{name}" in tokens for name in runs)
+        if keep:
+            commands.append(line)
+    while section and not section[-1].strip():
+        section.pop()
+    note = [f"{CARRIED} runs/repro/ held none of these runs ({', '.join(runs)}) when this file was",
+            "> regenerated. Their data (data/synthpath, base seed 0) and commands are unchanged; they were:", "",
+            "```", *commands, "```", ""]
+    return [*section[:1], "", *note, *section[1:], ""]
+
+
 def chance_table(test_jsonl: Path) -> str:
     """What guessing scores on the same records: 1/options for closed questions, the best constant answer for the rest."""
     if not test_jsonl.is_file():
@@ -87,6 +125,56 @@ def item_correct(predictions: Path, test_jsonl: Path) -> dict[tuple[str, str | N
             right = score_open(pred["prediction"], rec["gt"].get("label", reference)).exact
         out[(pred["id"], pred.get("variant"))] = bool(right)
     return out
+
+
+def chance_probabilities(test_jsonl: Path) -> dict[str, float]:
+    """Record id -> probability that guessing answers it right (closed: 1/options; yes/no and open: the
+    share of the commonest reference answer among the same level's records of that task and style)."""
+    records = [json.loads(l) for l in test_jsonl.read_text().splitlines()]
+    answers: dict[tuple, Counter] = defaultdict(Counter)
+    for rec in records:
+        key = ("slide" if rec.get("slide") else "patch", rec["task"], rec.get("answer_style"))
+        answers[key][rec["conversations"][-1]["value"].strip().lower()] += 1
+    out = {}
+    for rec in records:
+        style = rec.get("answer_style")
+        if style == "closed" and rec.get("options"):
+            out[rec["id"]] = 1 / len(rec["options"])
+        elif style in ("yes_no", "open"):
+            counts = answers[("slide" if rec.get("slide") else "patch", rec["task"], style)]
+            out[rec["id"]] = counts.most_common(1)[0][1] / sum(counts.values())
+    return out
+
+
+def at_least(k: int, probabilities: list[float]) -> float:
+    """P(X >= k) for X the number of successes of independent trials with these probabilities (Poisson binomial)."""
+    dist = [1.0]
+    for p in probabilities:
+        dist = [a * (1 - p) + b * p for a, b in zip([*dist, 0.0], [0.0, *dist])]
+    return float(min(1.0, sum(dist[k:])))
+
+
+def above_chance_table(predictions: Path, test_jsonl: Path, tasks: tuple[str, ...] = ("grade", "subtype")) -> str:
+    """Are `tasks` answered right more often than guessing? Per PGFC mode: right answers against the
+    number guessing is expected to get (chance_probabilities), with the one-sided exact p-value."""
+    if not predictions.is_file():
+        return ""
+    chance = chance_probabilities(test_jsonl)
+    task_of = {r["id"]: r["task"] for r in map(json.loads, test_jsonl.read_text().splitlines())}
+    correct = item_correct(predictions, test_jsonl)
+    lines = ["| PGFC | Questions | n | right | expected by guessing | one-sided p (exact) |", "|---|---|---|---|---|---|"]
+    variants = sorted({v for _, v in correct}, key=lambda v: ("none", "random", "attention", "record").index(v)
+                      if v in ("none", "random", "attention", "record") else 9)
+    for variant in variants:
+        for group in (*[(t,) for t in tasks], tasks):
+            ids = [i for (i, v) in correct if v == variant and task_of.get(i) in group and i in chance]
+            if not ids:
+                continue
+            k = sum(correct[(i, variant)] for i in ids)
+            probs = [chance[i] for i in ids]
+            name = " + ".join(group) if len(group) > 1 else group[0]
+            lines.append(f"| {variant or '–'} | {name} | {len(ids)} | {k} | {sum(probs):.1f} | {at_least(k, probs):.3g} |")
+    return "\n".join(lines)
 
 
 def pgfc_paired_table(predictions: list[Path], test_jsonl: Path) -> str:
@@ -271,7 +359,13 @@ def main() -> None:
                                   slide_test), "",
                 "`record` is a diagnostic, not a PGFC mode: it reads the 4 regions each test record lists, placed as",
                 "in training (2 on tumour, 2 on other annotated tissue). It asks whether better-placed regions would",
-                "help this model at all.", ""]
+                "help this model at all.", "",
+                "### Grade and subtype against guessing", "",
+                "The must-show: on fresh slides, are grade and subtype answered right more often than chance? Right",
+                "answers against the number a guesser is expected to get (a uniform guess for closed questions, the",
+                "best constant answer on these very records for open ones, as in the chance table), with the exact",
+                "one-sided p-value of getting at least that many right by guessing:", "",
+                above_chance_table(slide_eval / "predictions.jsonl", slide_test), ""]
     probe_eval = RUNS / "eval-probe-slides"
     if (probe_eval / "summary.json").is_file() and (RUNS / "probe-slides" / "metrics.jsonl").is_file():
         probe = training_facts(RUNS / "probe-slides")
@@ -313,7 +407,10 @@ def main() -> None:
                 "records. The baseline here is `full`, trained like the ablations, not the shipped nano.", "",
                 ablation_table(runs), ""]
     else:
-        out += ["## UNI and MSFF ablation (tables 9 and 10 analogue)", "", "Not run yet (stage `ablations` of scripts/reproduce.py).", ""]
+        heading = "## UNI and MSFF ablation (tables 9 and 10 analogue)"
+        previous = (ROOT / "docs" / "RESULTS.md").read_text() if (ROOT / "docs" / "RESULTS.md").is_file() else ""
+        out += carried_section(previous, heading, list(VARIANTS)) or [
+            heading, "", "Not run yet (stage `ablations` of scripts/reproduce.py).", ""]
     stats = RUNS / "attention_stats.json"
     if stats.is_file():
         data = json.loads(stats.read_text())
@@ -350,10 +447,11 @@ def main() -> None:
                 "384-wide Llama, ResNet mask encoder, SAM-style decoder; 22.5 M parameters, bf16 weights), trained",
                 "from scratch on SynthPath only. It knows nothing of real tissue: it exists so that every interface",
                 "works without a download, and to test the paper's claims in miniature.", "",
-                "- Data: `export_dataset(data/synthpath, seed=0, ...)` (see docs/RESULTS.md for the exact call); train split seeds",
-                "  are SynthPath's train block of base seed 0, test metrics use the test block.",
-                f"- Steps: {facts['steps']} (global batch 16, AdamW lr 3e-4 cosine, fp32 on CPU, seed 0; slide-level",
-                "  records weighted 3x in the mixture)",
+                "- Data (the `omnipath synth patches` commands in docs/RESULTS.md): the train split of",
+                "  data/synthpath (base seed 0: 720 patches, 48 slides) and the train splits of base seeds 1 and 2",
+                "  (240 more slides). Test metrics use base seed 0's test block; no test seed is a training seed.",
+                f"- Steps: {facts['steps']} (global batch 16, AdamW lr 3e-4 cosine, fp32 on CPU, seed 0; every",
+                "  record has weight 1, slide records are about a third of the mixture)",
                 f"- Wall time: {facts.get('wall_min', float('nan')):.0f} min on 2 CPU cores",
                 "- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
                 "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",

@@ -71,3 +71,49 @@ def test_chance_table_uses_uniform_and_best_constant_guesses(results, tmp_path):
     table = results.chance_table(_write(tmp_path / "t.jsonl", records))
     assert "| slide | organ (closed) | 2 | 37.5 | uniform |" in table
     assert '| patch | mvi | 3 | 66.7 | "no" |' in table
+
+
+def test_carried_section_keeps_earlier_tables_with_their_commands(results):
+    heading = "## UNI and MSFF ablation (tables 9 and 10 analogue)"
+    previous = "\n".join([
+        "# Results", "", "## Commands", "", "```",
+        "omnipath train c.yaml output_dir=runs/repro/full train.max_steps=250", "#   25.0 min",
+        "omnipath train c.yaml output_dir=runs/repro/nano train.max_steps=600", "#   58.1 min",
+        "omnipath eval --model runs/repro/no-uni/final --out runs/repro/eval-no-uni --pgfc none", "#   1.3 min",
+        "```", "", heading, "", "Same data.", "", "| Model | Mean |", "|---|---|", "| full | 36.4 |", "",
+        "## Next section", "not this"])
+    section = results.carried_section(previous, heading, ["full", "no-uni"])
+    text = "\n".join(section)
+    assert section[0] == heading and "| full | 36.4 |" in section and "not this" not in text
+    assert "output_dir=runs/repro/full" in text and "#   25.0 min" in text and "eval-no-uni" in text
+    assert "runs/repro/nano" not in text and "58.1" not in text
+    # carried again: unchanged, not annotated twice
+    again = results.carried_section("\n".join(["# Results", "", *section, "## Next"]), heading, ["full", "no-uni"])
+    assert "| full | 36.4 |" in again and "\n".join(again).count(results.CARRIED) == 1
+    # nothing to carry: no section, or only the placeholder
+    assert results.carried_section("# Results\n", heading, ["full"]) == []
+    assert results.carried_section(f"{heading}\n\nNot run yet.\n", heading, ["full"]) == []
+
+
+def test_at_least_is_the_poisson_binomial_tail(results):
+    assert results.at_least(0, [0.3, 0.9]) == pytest.approx(1.0)
+    assert results.at_least(1, [0.5, 0.5]) == pytest.approx(0.75)
+    assert results.at_least(2, [0.5, 0.2]) == pytest.approx(0.1)
+    assert results.at_least(3, [0.5, 0.2]) == pytest.approx(0.0)
+
+
+def test_above_chance_table_counts_right_answers_against_guessing(results, tmp_path):
+    options = ["well differentiated", "moderately differentiated", "poorly differentiated"]
+    records = []
+    for i in range(4):
+        rec = _closed(i, options[i % 3], options)
+        rec["task"] = "grade"
+        records.append(rec)
+    test = _write(tmp_path / "t.jsonl", records)
+    letters = ["A. well differentiated", "B. moderately differentiated", "C. poorly differentiated", "A. well differentiated"]
+    rows = [{"id": f"q{i}", "variant": "attention", "prediction": letters[i]} for i in range(4)]  # all right
+    rows += [{"id": f"q{i}", "variant": "none", "prediction": "B. moderately differentiated"} for i in range(4)]  # 1 right
+    table = results.above_chance_table(_write(tmp_path / "p.jsonl", rows), test)
+    assert f"| attention | grade | 4 | 4 | 1.3 | {(1 / 3) ** 4:.3g} |" in table
+    assert "| none | grade | 4 | 1 | 1.3 |" in table
+    assert "| attention | grade + subtype | 4 | 4 |" in table  # the pooled row (no subtype questions here)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from omnipath_lvlm.cli import main
+from omnipath_lvlm.data.formats import parse_boxes
 from omnipath_lvlm.data.records import read_jsonl
 from omnipath_lvlm.synth.export import SPLITS, export_dataset, split_counts, split_seeds
 
@@ -87,6 +88,15 @@ def test_cli_slide_and_patches(tmp_path, capsys):
     assert main(["synth", "patches", "--n", "3", "--out", str(tmp_path / "only-val"), "--size", "96",
                  "--task", "organ", "--split", "val"]) == 0
     assert sorted(p.name for p in (tmp_path / "only-val").glob("*.jsonl")) == ["val.jsonl"]
+    with pytest.raises(SystemExit, match="--max-boxes"):
+        main(["synth", "patches", "--n", "3", "--out", str(tmp_path / "x"), "--max-boxes", "0"])
+
+
+def test_cli_max_boxes_bounds_the_nucleus_crops(tmp_path):
+    assert main(["synth", "patches", "--n", "3", "--out", str(tmp_path), "--size", "128", "--split", "train",
+                 "--task", "nucleus_detection", "--max-boxes", "4"]) == 0
+    records, _ = read_jsonl(tmp_path / "train.jsonl")
+    assert records and all(len(parse_boxes(r.answer).items) <= 4 for r in records)
 
 
 def test_export_of_one_split_writes_the_same_records(exported, tmp_path):

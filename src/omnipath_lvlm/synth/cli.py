@@ -1,6 +1,7 @@
 """``omnipath synth``: generate SynthPath data.
 
     omnipath synth patches --n N --out DIR [--seed S] [--size 384] [--slides K] [--slide-size 4096] [--task T ...]
+                           [--split S ...] [--max-boxes 120]
     omnipath synth slide --out FILE.tiff [--size 16384] [--seed S] [--mpp 0.25] [--levels L]
 
 ``patches`` writes PNGs and train/val/test JSONL splits (see
@@ -29,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     patches.add_argument("--split", action="append", choices=("train", "val", "test"),
                          help="only write these splits (repeatable; default: all three); seeds do not change")
     patches.add_argument("--task", action="append", help="only these tasks (repeatable; default: all that apply)")
+    patches.add_argument("--max-boxes", type=int, default=120,
+                         help="nucleus tasks are asked on a crop holding at most this many nuclei")
     patches.set_defaults(func=run_patches)
 
     slide = sub.add_parser("slide", help="one pyramidal tiled TIFF (Aperio-style) + GeoJSON + labels JSON")
@@ -46,9 +49,11 @@ def run_patches(args: argparse.Namespace) -> int:
 
     if args.n < 0 or args.slides < 0:
         raise SystemExit("--n and --slides must be >= 0")
+    if args.max_boxes < 1:
+        raise SystemExit(f"--max-boxes must be >= 1, got {args.max_boxes}")
     start = time.perf_counter()
     paths = export_dataset(args.out, args.n, args.slides, seed=args.seed, slide_size=args.slide_size,
-                           patch_size=args.size, tasks=args.task, splits=args.split or ("train", "val", "test"))
+                           patch_size=args.size, tasks=args.task, max_boxes=args.max_boxes, splits=args.split or ("train", "val", "test"))
     for split, path in paths.items():
         lines = sum(1 for _ in open(path, encoding="utf-8"))
         print(f"{split}: {lines} records -> {path}")
