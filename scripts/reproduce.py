@@ -124,6 +124,22 @@ def main_export_command() -> list[str]:
             "--out", "data/synthpath"]
 
 
+def slide_training_files() -> list[Path]:
+    """The JSONL files of every training slide's records (nano's slide part of the mixture)."""
+    return [DATA / "train-slide.jsonl", *(ROOT / "data" / f"synthpath-train-slides-{seed}" / "train.jsonl" for seed in EXTRA_SEEDS)]
+
+
+def fit_questions(n: int = 60) -> Path:
+    """Organ, grade and subtype questions of the first training slides of base seed 1 (did training fit them?)."""
+    folder = ROOT / "data" / f"synthpath-train-slides-{EXTRA_SEEDS[0]}"
+    out = folder / "fit-questions.jsonl"  # beside train.jsonl: the records' paths are relative to it
+    if not out.is_file():
+        lines = [l for l in (folder / "train.jsonl").read_text().splitlines()
+                 if json.loads(l)["task"] in ("organ", "grade", "subtype")]
+        out.write_text("\n".join(lines[:n]) + "\n")
+    return out
+
+
 def first_test_slide() -> Path:
     rec = json.loads((SLIDE_TEST / "test.jsonl").read_text().splitlines()[0])
     return (SLIDE_TEST / rec["slide"]).resolve()
@@ -219,10 +235,14 @@ def main() -> int:
             final = train(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,))
             evaluate(final, DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])
     if "probe" in STAGES:  # can nano learn slide questions from regions at all, given many passes over them?
+        fit = fit_questions()
+        evaluate(nano, fit, RUNS / "eval-nano-train-slides", ["record"])
         probe = train("probe-slides", ENV["REPRO_PROBE_STEPS"], extra=(
-            "model.preset=null", f"model.checkpoint={nano}", "data.train=[{path: data/synthpath/train-slide.jsonl, weight: 1.0}]",
+            "model.preset=null", f"model.checkpoint={nano}", "data.train=" + json.dumps(
+                [{"path": str(p.relative_to(ROOT)), "weight": 1.0} for p in slide_training_files()]),
             "optim.lr=1e-4", "checkpoint.save_every=1000", "logging.eval_every=1000"))
         evaluate(probe, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-probe-slides", ["attention", "record"])
+        evaluate(probe, fit, RUNS / "eval-probe-train-slides", ["record"])
     if "results" in STAGES:
         run([sys.executable, "scripts/results.py"])
     print(f"reproduction stages {STAGES} done in {(time.time() - started) / 60:.1f} min")

@@ -73,9 +73,9 @@ def carried_section(previous: str, heading: str, runs: list[str]) -> list[str]:
             commands.append(line)
     while section and not section[-1].strip():
         section.pop()
-    note = [f"{CARRIED} runs/repro/ held none of these runs ({', '.join(runs)}) when this file was",
-            "> regenerated. Their data (data/synthpath, base seed 0) and commands are unchanged; they were:", "",
-            "```", *commands, "```", ""]
+    note = [f"{CARRIED} runs/repro/ held none of its runs",
+            f"> ({', '.join(runs)}) when this file was regenerated. Their data (data/synthpath, base",
+            "> seed 0) and commands are unchanged; they were:", "", "```", *commands, "```"]
     return [*section[:1], "", *note, *section[1:], ""]
 
 
@@ -174,6 +174,44 @@ def above_chance_table(predictions: Path, test_jsonl: Path, tasks: tuple[str, ..
             probs = [chance[i] for i in ids]
             name = " + ".join(group) if len(group) > 1 else group[0]
             lines.append(f"| {variant or '–'} | {name} | {len(ids)} | {k} | {sum(probs):.1f} | {at_least(k, probs):.3g} |")
+    return "\n".join(lines)
+
+
+def region_hit_table(predictions: list[Path], test_jsonl: Path, tasks: tuple[str, ...] = ("grade", "subtype")) -> str:
+    """Do the detail regions land on a tumour, and are `tasks` answered better when they do?
+
+    Per PGFC mode: the share of slide questions with at least one region overlapping a true tumour
+    box (IoU > 0), and the accuracy on `tasks` split by whether a region landed on a tumour.
+    """
+    from omnipath_lvlm.eval.metrics import best_iou
+
+    records = {r["id"]: r for r in map(json.loads, test_jsonl.read_text().splitlines())}
+    hits: dict[str, list[bool]] = defaultdict(list)
+    right: dict[tuple[str, bool], list[bool]] = defaultdict(list)
+    for path in predictions:
+        if not path.is_file():
+            continue
+        correct = item_correct(path, test_jsonl)
+        for pred in map(json.loads, path.read_text().splitlines()):
+            rec, variant = records.get(pred["id"]), pred.get("variant")
+            if rec is None or variant in (None, "none") or (pred["id"], variant) not in correct:
+                continue
+            hit = bool(pred.get("regions")) and bool((best_iou(pred["regions"], rec["gt"].get("tumour_boxes", [])) > 0).any())
+            hits[variant].append(hit)
+            if rec["task"] in tasks:
+                right[(variant, hit)].append(correct[(pred["id"], variant)])
+    if not hits:
+        return ""
+
+    def acc(values: list[bool]) -> str:
+        return f"{100 * sum(values) / len(values):.1f} (n = {len(values)})" if values else "–"
+
+    name = " + ".join(tasks)
+    lines = [f"| PGFC | questions | a region on tumour (%) | {name} right, a region on tumour (%) | "
+             f"{name} right, none on tumour (%) |", "|---|---|---|---|---|"]
+    for variant, values in hits.items():
+        lines.append(f"| {variant} | {len(values)} | {100 * sum(values) / len(values):.1f} | "
+                     f"{acc(right[(variant, True)])} | {acc(right[(variant, False)])} |")
     return "\n".join(lines)
 
 
@@ -296,6 +334,17 @@ def variant_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def runs_table(runs: dict[str, dict]) -> str:
+    """Accuracy (%) of each classification task (rows) in each run (columns, by name)."""
+    tasks = sorted({s["task"] for r in runs.values() for s in r.values() if s.get("accuracy") is not None})
+    lines = ["| Task | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for task in tasks:
+        cells = [next((pct(s["accuracy"]) for s in r.values() if s["task"] == task and s.get("accuracy") is not None), "–")
+                 for r in runs.values()]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ablation_table(runs: dict[str, dict]) -> str:
     """Rows: model variants; columns: patch-level accuracy tasks (mean), detection F1 / IoU per task."""
     acc_tasks = sorted({s["task"] for r in runs.values() for s in r.values()
@@ -365,18 +414,33 @@ def main() -> None:
                 "answers against the number a guesser is expected to get (a uniform guess for closed questions, the",
                 "best constant answer on these very records for open ones, as in the chance table), with the exact",
                 "one-sided p-value of getting at least that many right by guessing:", "",
-                above_chance_table(slide_eval / "predictions.jsonl", slide_test), ""]
+                above_chance_table(slide_eval / "predictions.jsonl", slide_test), "",
+                "Where the detail regions fell: the share of questions with at least one region overlapping a true",
+                "tumour box, and grade/subtype accuracy split by whether one did:", "",
+                region_hit_table([slide_eval / "predictions.jsonl", RUNS / "eval-nano-slides-record" / "predictions.jsonl"],
+                                 slide_test), ""]
+    fit_questions = ROOT / "data" / "synthpath-train-slides-1" / "fit-questions.jsonl"
+    fit_runs = {"nano": RUNS / "eval-nano-train-slides", "nano + probe": RUNS / "eval-probe-train-slides"}
+    fit_runs = {name: run for name, run in fit_runs.items() if (run / "summary.json").is_file()}
+    if fit_runs and fit_questions.is_file():
+        out += ["### Did training fit the slide questions? (optional stage `probe`)", "",
+                f"Organ, grade and subtype questions of {len(fit_questions.read_text().splitlines())} records of the first",
+                "training slides of base seed 1, asked with the regions the records list (as in training). These",
+                "are training data: a model that learnt them answers them right.", "",
+                runs_table({name: load_summaries(run) for name, run in fit_runs.items()}), ""]
     probe_eval = RUNS / "eval-probe-slides"
     if (probe_eval / "summary.json").is_file() and (RUNS / "probe-slides" / "metrics.jsonl").is_file():
         probe = training_facts(RUNS / "probe-slides")
-        slide_train = ROOT / "data" / "synthpath" / "train-slide.jsonl"
-        n_train = len(slide_train.read_text().splitlines()) if slide_train.is_file() else 0
-        passes = f"about {probe['steps'] * 16 / n_train:.0f} passes over them" if n_train else "passes unknown"
+        slide_files = [ROOT / "data" / "synthpath" / "train-slide.jsonl",
+                       *(ROOT / "data" / f"synthpath-train-slides-{s}" / "train.jsonl" for s in (1, 2))]
+        n_train = sum(len(f.read_text().splitlines()) for f in slide_files if f.is_file())
+        passes = f"about {probe['steps'] * 16 / n_train:.1f} passes over them" if n_train else "passes unknown"
         out += ["### Diagnostic: nano fine-tuned on slide questions only (optional stage `probe`)", "",
                 f"The shipped nano, trained {probe['steps']} more steps (batch 16, lr 1e-4) on the {n_train} training slide records",
                 f"alone ({passes}), then asked the same held-out slide questions. Does the model read",
-                "slide-level answers from the regions once it has seen the slide questions many times?", "",
+                "slide-level answers from the regions once it has seen the slide questions more often?", "",
                 pgfc_paired_table([probe_eval / "predictions.jsonl"], slide_test), "",
+                above_chance_table(probe_eval / "predictions.jsonl", slide_test), "",
                 "Per task, accuracy (%):", "", variant_table(load_summaries(probe_eval)), ""]
     if (nano_eval / "summary.json").is_file():
         summaries = load_summaries(nano_eval)

@@ -117,3 +117,29 @@ def test_above_chance_table_counts_right_answers_against_guessing(results, tmp_p
     assert f"| attention | grade | 4 | 4 | 1.3 | {(1 / 3) ** 4:.3g} |" in table
     assert "| none | grade | 4 | 1 | 1.3 |" in table
     assert "| attention | grade + subtype | 4 | 4 |" in table  # the pooled row (no subtype questions here)
+
+
+def test_region_hit_table_splits_accuracy_by_regions_on_tumour(results, tmp_path):
+    options = ["well differentiated", "moderately differentiated", "poorly differentiated"]
+    records = []
+    for i in range(3):
+        rec = _closed(i, options[0], options)
+        rec["task"], rec["gt"]["tumour_boxes"] = "grade", [[0.1, 0.1, 0.2, 0.2]]
+        records.append(rec)
+    test = _write(tmp_path / "t.jsonl", records)
+    on, off = [[0.15, 0.15, 0.3, 0.3]], [[0.5, 0.5, 0.6, 0.6]]
+    rows = [{"id": "q0", "variant": "attention", "prediction": "A. well differentiated", "regions": on},
+            {"id": "q1", "variant": "attention", "prediction": "B. moderately differentiated", "regions": off},
+            {"id": "q2", "variant": "attention", "prediction": "A. well differentiated", "regions": off},
+            {"id": "q0", "variant": "none", "prediction": "A. well differentiated", "regions": []}]
+    table = results.region_hit_table([_write(tmp_path / "p.jsonl", rows)], test)
+    assert "| attention | 3 | 33.3 | 100.0 (n = 1) | 50.0 (n = 2) |" in table
+    assert "| none |" not in table
+
+
+def test_runs_table_puts_runs_side_by_side(results):
+    a = {"x": {"task": "grade (closed)", "accuracy": 0.25}, "y": {"task": "organ (open)", "accuracy": 0.5}}
+    b = {"x": {"task": "grade (closed)", "accuracy": 1.0}}
+    table = results.runs_table({"nano": a, "probe": b}).splitlines()
+    assert table[0] == "| Task | nano | probe |"
+    assert "| grade (closed) | 25.0 | 100.0 |" in table and "| organ (open) | 50.0 | – |" in table
