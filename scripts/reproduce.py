@@ -8,7 +8,7 @@ run resumes. Budget knobs (environment variables, defaults sized for a 2-core CP
     REPRO_STEPS=600 REPRO_ABLATION_STEPS=250
     REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
                  "after" also measures where A_last falls: scripts/attention_stats.py;
-                 add "probe" for the optional slide-only fine-tune diagnostic, about 35 min more)
+                 add "probe" for the optional slide-only fine-tune diagnostic, about 40 min more)
 
     .venv/bin/python scripts/reproduce.py
 
