@@ -81,8 +81,7 @@ def run(*commands: list[str]) -> None:
 
 def stage_data() -> None:
     commands = [] if (DATA / "test.jsonl").is_file() else [main_export_command()]
-    commands += [extra_slides_command(seed) for seed in EXTRA_SEEDS
-                 if not (ROOT / "data" / f"synthpath-train-slides-{seed}" / "train.jsonl").is_file()]
+    commands += [extra_slides_command(seed) for seed in EXTRA_SEEDS if not (extra_slides_dir(seed) / "train.jsonl").is_file()]
     if not (SLIDE_TEST / "test.jsonl").is_file():
         # 10 % of n_slides go to the test split; only that split is written
         commands.append([*OMNIPATH, "synth", "patches", "--n", "0", "--slides", str(10 * ENV["REPRO_TEST_SLIDES"]),
@@ -98,6 +97,11 @@ def stage_data() -> None:
             (SLIDE_TEST / name).write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in styles) + "\n")
 
 
+def extra_slides_dir(seed: int) -> Path:
+    """Where the extra training slides of base seed `seed` are exported."""
+    return ROOT / "data" / f"synthpath-train-slides-{seed}"
+
+
 def extra_slides_command(seed: int) -> list[str]:
     """Export only the train split of base seed `seed`: REPRO_EXTRA_SLIDES / len(EXTRA_SEEDS) slides."""
     from omnipath_lvlm.synth.export import split_counts
@@ -105,7 +109,7 @@ def extra_slides_command(seed: int) -> list[str]:
     wanted = ENV["REPRO_EXTRA_SLIDES"] // len(EXTRA_SEEDS)
     n = next(n for n in range(wanted, 2 * wanted + 3) if split_counts(n)["train"] >= wanted)
     return [*OMNIPATH, "synth", "patches", "--n", "0", "--slides", str(n), "--split", "train", "--seed", str(seed),
-            "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192", "--out", f"data/synthpath-train-slides-{seed}"]
+            "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192", "--out", str(extra_slides_dir(seed).relative_to(ROOT))]
 
 
 def split_by_level(path: Path, patch: Path, slide: Path) -> None:
@@ -126,12 +130,12 @@ def main_export_command() -> list[str]:
 
 def slide_training_files() -> list[Path]:
     """The JSONL files of every training slide's records (nano's slide part of the mixture)."""
-    return [DATA / "train-slide.jsonl", *(ROOT / "data" / f"synthpath-train-slides-{seed}" / "train.jsonl" for seed in EXTRA_SEEDS)]
+    return [DATA / "train-slide.jsonl", *(extra_slides_dir(seed) / "train.jsonl" for seed in EXTRA_SEEDS)]
 
 
 def fit_questions(n: int = 60) -> Path:
     """Organ, grade and subtype questions of the first training slides of base seed 1 (did training fit them?)."""
-    folder = ROOT / "data" / f"synthpath-train-slides-{EXTRA_SEEDS[0]}"
+    folder = extra_slides_dir(EXTRA_SEEDS[0])
     out = folder / "fit-questions.jsonl"  # beside train.jsonl: the records' paths are relative to it
     if not out.is_file():
         lines = [l for l in (folder / "train.jsonl").read_text().splitlines()

@@ -18,6 +18,7 @@ from omnipath_lvlm.eval.runner import load_summaries
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "repro"
+MODES = ("none", "random", "attention", "record")  # PGFC modes of slide items, in table order
 VARIANTS = {"full": "OmniPath nano (UNI + MSFF)", "no-msff": "w/o MSFF", "no-uni": "w/o UNI", "no-uni-no-msff": "w/o UNI and MSFF"}
 
 
@@ -79,29 +80,40 @@ def carried_section(previous: str, heading: str, runs: list[str]) -> list[str]:
     return [*section[:1], "", *note, *section[1:], ""]
 
 
+def _level(rec: dict) -> str:
+    return "slide" if rec.get("slide") else "patch"
+
+
+def _reference_answers(records: list[dict]) -> dict[tuple[str, str, str], Counter]:
+    """(level, task, style) -> how often each reference answer occurs, for yes/no and open records."""
+    answers: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
+    for rec in records:
+        if rec.get("answer_style") in ("yes_no", "open"):
+            key = (_level(rec), rec["task"], rec["answer_style"])
+            answers[key][rec["conversations"][-1]["value"].strip().lower()] += 1
+    return answers
+
+
 def chance_table(test_jsonl: Path) -> str:
     """What guessing scores on the same records: 1/options for closed questions, the best constant answer for the rest."""
     if not test_jsonl.is_file():
         return ""
-    closed, constant = defaultdict(list), defaultdict(list)
-    for line in test_jsonl.read_text().splitlines():
-        rec = json.loads(line)
-        level = "slide" if rec.get("slide") else "patch"
-        style = rec.get("answer_style")
-        if style == "closed" and rec.get("options"):
-            closed[(level, f"{rec['task']} (closed)")].append(1 / len(rec["options"]))
-        elif style in ("yes_no", "open"):
-            name = rec["task"] if style == "yes_no" else f"{rec['task']} (open)"
-            constant[(level, name)].append(rec["conversations"][-1]["value"].strip().lower())
+    records = [json.loads(line) for line in test_jsonl.read_text().splitlines()]
+    closed = defaultdict(list)
+    for rec in records:
+        if rec.get("answer_style") == "closed" and rec.get("options"):
+            closed[(_level(rec), f"{rec['task']} (closed)")].append(1 / len(rec["options"]))
+    constant = {(level, task if style == "yes_no" else f"{task} (open)"): counts
+                for (level, task, style), counts in _reference_answers(records).items()}
     rows = ["Chance levels on the same test records: closed questions, a uniform guess among the options (mean",
             "1/number of options); yes/no and open questions, the best constant answer (always giving the",
             "commonest reference answer of these very records, an upper bound on guessing).", "",
             "| Level | Task | n | chance (%) | guess |", "|---|---|---|---|---|"]
     for (level, task), values in sorted(closed.items()):
         rows.append(f"| {level} | {task} | {len(values)} | {100 * statistics.mean(values):.1f} | uniform |")
-    for (level, task), answers in sorted(constant.items()):
-        answer, top = Counter(answers).most_common(1)[0]
-        rows.append(f"| {level} | {task} | {len(answers)} | {100 * top / len(answers):.1f} | \"{answer}\" |")
+    for (level, task), counts in sorted(constant.items()):
+        answer, top = counts.most_common(1)[0]
+        rows.append(f"| {level} | {task} | {sum(counts.values())} | {100 * top / sum(counts.values()):.1f} | \"{answer}\" |")
     return "\n".join(rows)
 
 
@@ -131,17 +143,14 @@ def chance_probabilities(test_jsonl: Path) -> dict[str, float]:
     """Record id -> probability that guessing answers it right (closed: 1/options; yes/no and open: the
     share of the commonest reference answer among the same level's records of that task and style)."""
     records = [json.loads(l) for l in test_jsonl.read_text().splitlines()]
-    answers: dict[tuple, Counter] = defaultdict(Counter)
-    for rec in records:
-        key = ("slide" if rec.get("slide") else "patch", rec["task"], rec.get("answer_style"))
-        answers[key][rec["conversations"][-1]["value"].strip().lower()] += 1
+    answers = _reference_answers(records)
     out = {}
     for rec in records:
         style = rec.get("answer_style")
         if style == "closed" and rec.get("options"):
             out[rec["id"]] = 1 / len(rec["options"])
         elif style in ("yes_no", "open"):
-            counts = answers[("slide" if rec.get("slide") else "patch", rec["task"], style)]
+            counts = answers[(_level(rec), rec["task"], style)]
             out[rec["id"]] = counts.most_common(1)[0][1] / sum(counts.values())
     return out
 
@@ -163,9 +172,7 @@ def above_chance_table(predictions: Path, test_jsonl: Path, tasks: tuple[str, ..
     task_of = {r["id"]: r["task"] for r in map(json.loads, test_jsonl.read_text().splitlines())}
     correct = item_correct(predictions, test_jsonl)
     lines = ["| PGFC | Questions | n | right | expected by guessing | one-sided p (exact) |", "|---|---|---|---|---|---|"]
-    variants = sorted({v for _, v in correct}, key=lambda v: ("none", "random", "attention", "record").index(v)
-                      if v in ("none", "random", "attention", "record") else 9)
-    for variant in variants:
+    for variant in [m for m in MODES if any(v == m for _, v in correct)]:
         for group in (*[(t,) for t in tasks], tasks):
             ids = [i for (i, v) in correct if v == variant and task_of.get(i) in group and i in chance]
             if not ids:
@@ -223,7 +230,7 @@ def pgfc_paired_table(predictions: list[Path], test_jsonl: Path) -> str:
     from scipy.stats import binomtest
 
     correct = {k: v for path in predictions if path.is_file() for k, v in item_correct(path, test_jsonl).items()}
-    modes = [m for m in ("none", "random", "attention", "record") if any(v == m for _, v in correct)]
+    modes = [m for m in MODES if any(v == m for _, v in correct)]
     ids = sorted({i for i, _ in correct if all((i, m) in correct for m in modes)})
     if not ids:
         return ""
@@ -325,7 +332,7 @@ def metrics_table(summaries: dict[str, dict], variants: tuple[str | None, ...] =
 
 def variant_table(summaries: dict[str, dict]) -> str:
     """Accuracy (%) of each classification task (rows) under each PGFC variant (columns) present."""
-    variants = [v for v in ("none", "random", "attention", "record") if any(s.get("variant") == v for s in summaries.values())]
+    variants = [v for v in MODES if any(s.get("variant") == v for s in summaries.values())]
     cells = {(s["task"], s["variant"]): s for s in summaries.values() if s.get("accuracy") is not None}
     lines = ["| Task | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
     for task in sorted({t for t, _ in cells}):
@@ -419,20 +426,22 @@ def main() -> None:
                 "tumour box, and grade/subtype accuracy split by whether one did:", "",
                 region_hit_table([slide_eval / "predictions.jsonl", RUNS / "eval-nano-slides-record" / "predictions.jsonl"],
                                  slide_test), ""]
-    fit_questions = ROOT / "data" / "synthpath-train-slides-1" / "fit-questions.jsonl"
     fit_runs = {"nano": RUNS / "eval-nano-train-slides", "nano + probe": RUNS / "eval-probe-train-slides"}
     fit_runs = {name: run for name, run in fit_runs.items() if (run / "summary.json").is_file()}
-    if fit_runs and fit_questions.is_file():
+    if fit_runs:
+        n_fit = json.loads((next(iter(fit_runs.values())) / "summary.json").read_text())["items"]
         out += ["### Did training fit the slide questions? (optional stage `probe`)", "",
-                f"Organ, grade and subtype questions of {len(fit_questions.read_text().splitlines())} records of the first",
+                f"Organ, grade and subtype questions of {n_fit} records of the first",
                 "training slides of base seed 1, asked with the regions the records list (as in training). These",
                 "are training data: a model that learnt them answers them right.", "",
                 runs_table({name: load_summaries(run) for name, run in fit_runs.items()}), ""]
     probe_eval = RUNS / "eval-probe-slides"
     if (probe_eval / "summary.json").is_file() and (RUNS / "probe-slides" / "metrics.jsonl").is_file():
         probe = training_facts(RUNS / "probe-slides")
-        slide_files = [ROOT / "data" / "synthpath" / "train-slide.jsonl",
-                       *(ROOT / "data" / f"synthpath-train-slides-{s}" / "train.jsonl" for s in (1, 2))]
+        import yaml
+
+        config = yaml.safe_load((RUNS / "probe-slides" / "config.yaml").read_text())  # the files it trained on
+        slide_files = [ROOT / entry["path"] for entry in config["data"]["train"]]
         n_train = sum(len(f.read_text().splitlines()) for f in slide_files if f.is_file())
         passes = f"about {probe['steps'] * 16 / n_train:.1f} passes over them" if n_train else "passes unknown"
         out += ["### Diagnostic: nano fine-tuned on slide questions only (optional stage `probe`)", "",

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_patches(args: argparse.Namespace) -> int:
-    from omnipath_lvlm.synth.export import export_dataset
+    from omnipath_lvlm.synth.export import SPLITS, export_dataset
 
     if args.n < 0 or args.slides < 0:
         raise SystemExit("--n and --slides must be >= 0")
@@ -53,7 +53,7 @@ def run_patches(args: argparse.Namespace) -> int:
         raise SystemExit(f"--max-boxes must be >= 1, got {args.max_boxes}")
     start = time.perf_counter()
     paths = export_dataset(args.out, args.n, args.slides, seed=args.seed, slide_size=args.slide_size,
-                           patch_size=args.size, tasks=args.task, max_boxes=args.max_boxes, splits=args.split or ("train", "val", "test"))
+                           patch_size=args.size, tasks=args.task, max_boxes=args.max_boxes, splits=args.split or SPLITS)
     for split, path in paths.items():
         lines = sum(1 for _ in open(path, encoding="utf-8"))
         print(f"{split}: {lines} records -> {path}")
