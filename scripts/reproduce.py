@@ -5,17 +5,21 @@ code, writes into runs/repro/, and is skipped when its output already exists, so
 run resumes. Budget knobs (environment variables, defaults sized for a 2-core CPU):
 
     REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_TEST_SLIDES=36 REPRO_EXTRA_SLIDES=240 REPRO_SLIDE_SIZE=6144
-    REPRO_STEPS=600 REPRO_ABLATION_STEPS=250
+    REPRO_STEPS=600 REPRO_ABLATION_STEPS=250 REPRO_MORE_QUESTIONS=3 REPRO_VAL_SLIDES=30
     REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
-                 "after" also measures where A_last falls: scripts/attention_stats.py;
-                 add "probe" for the optional slide-only fine-tune diagnostic, about 40 min more)
+                 "after" also measures where A_last falls (scripts/attention_stats.py) and probes
+                 the image features for slide labels (scripts/feature_probe.py);
+                 add "val" to evaluate on validation slides (base seed 1's val block) and "probe"
+                 for the optional slide-only fine-tune diagnostic, about 40 min more)
 
     .venv/bin/python scripts/reproduce.py
 
 Data: data/synthpath (patches and slides, base seed 0), data/synthpath-slides (REPRO_TEST_SLIDES
 held-out slides of base seed 0's test block, for the PGFC ablation) and data/synthpath-train-slides-1,
 -2 (REPRO_EXTRA_SLIDES more training slides, half from base seed 1's train block and half from base
-seed 2's, generated in two parallel processes: slide-level questions need many slides).
+seed 2's, generated in two parallel processes: slide-level questions need many slides). Every
+training file's grade and subtype questions are re-asked REPRO_MORE_QUESTIONS more times in fresh
+words and styles (`omnipath synth questions`, files *-more.jsonl beside them).
 
 Runs:
 - `nano`: the shipped model, configs/train/nano-synthpath.yaml as it is (patch records of
@@ -42,11 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "repro"
 DATA = ROOT / "data" / "synthpath"
 SLIDE_TEST = ROOT / "data" / "synthpath-slides"  # more held-out slides for the PGFC ablation
+SLIDE_VAL = ROOT / "data" / "synthpath-val-slides"  # validation slides (base seed 1's val block), stage "val"
 EXTRA_SEEDS = (1, 2)  # base seeds of the extra training slides (their train blocks; see synth.export.split_seeds)
 OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
 ENV = {k: int(os.environ.get(k, v)) for k, v in {
     "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_EXTRA_SLIDES": 240, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
-    "REPRO_ABLATION_STEPS": 250, "REPRO_PROBE_STEPS": 150, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4}.items()}
+    "REPRO_ABLATION_STEPS": 250, "REPRO_PROBE_STEPS": 150, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4,
+    "REPRO_MORE_QUESTIONS": 3, "REPRO_VAL_SLIDES": 30}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,eval,after,ablations,results").split(",")
 QUESTION_STYLES = ("closed", "open", "yes_no")
 UNIFORM = "data.train=[{path: data/synthpath/train.jsonl, weight: 1.0}]"  # the ablations' mixture
@@ -91,10 +97,28 @@ def stage_data() -> None:
         run(*commands)
     split_by_level(DATA / "train.jsonl", DATA / "train-patch.jsonl", DATA / "train-slide.jsonl")
     split_by_level(DATA / "test.jsonl", DATA / "test-patch.jsonl", DATA / "test-slide.jsonl")
+    more = [more_questions_command(path) for path in training_files() if not more_questions_file(path).is_file()]
+    if more:
+        run(*more)
     lines = (SLIDE_TEST / "test.jsonl").read_text().splitlines()
     for name, styles in (("test-questions.jsonl", QUESTION_STYLES), ("test-boxes.jsonl", ("boxes",))):
         if not (SLIDE_TEST / name).is_file():  # the PGFC table's question kinds; cancer boxes on whole slides
             (SLIDE_TEST / name).write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in styles) + "\n")
+
+
+def training_files() -> list[Path]:
+    """The export files nano's mixture draws on (configs/train/nano-synthpath.yaml lists them and their re-asked questions)."""
+    return [DATA / "train-patch.jsonl", *slide_training_files()]
+
+
+def more_questions_file(path: Path) -> Path:
+    return path.with_name(path.stem + "-more.jsonl")
+
+
+def more_questions_command(path: Path) -> list[str]:
+    """Re-ask the grade and subtype questions of a training file MORE_QUESTIONS more times (written beside it)."""
+    return [*OMNIPATH, "synth", "questions", str(path.relative_to(ROOT)), "--task", "grade", "--task", "subtype",
+            "--n", str(ENV["REPRO_MORE_QUESTIONS"]), "--out", str(more_questions_file(path).relative_to(ROOT))]
 
 
 def extra_slides_dir(seed: int) -> Path:
@@ -141,6 +165,19 @@ def fit_questions(n: int = 60) -> Path:
         lines = [l for l in (folder / "train.jsonl").read_text().splitlines()
                  if json.loads(l)["task"] in ("organ", "grade", "subtype")]
         out.write_text("\n".join(lines[:n]) + "\n")
+    return out
+
+
+def val_questions() -> Path:
+    """The slide questions of REPRO_VAL_SLIDES validation slides (generated if missing): look here before the test slides."""
+    out = SLIDE_VAL / "val-questions.jsonl"
+    if not (SLIDE_VAL / "val.jsonl").is_file():
+        run([*OMNIPATH, "synth", "patches", "--n", "0", "--slides", str(10 * ENV["REPRO_VAL_SLIDES"]), "--split", "val",
+             "--seed", str(EXTRA_SEEDS[0]), "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192",
+             "--out", str(SLIDE_VAL.relative_to(ROOT))])
+    if not out.is_file():
+        lines = (SLIDE_VAL / "val.jsonl").read_text().splitlines()
+        out.write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in QUESTION_STYLES) + "\n")
     return out
 
 
@@ -224,6 +261,8 @@ def main() -> int:
     nano = RUNS / "nano" / "final"
     if "nano" in STAGES:
         ship(train("nano", ENV["REPRO_STEPS"]))
+    if "val" in STAGES:  # optional: validation slides, looked at before the test slides
+        evaluate(nano, val_questions(), RUNS / "eval-nano-val-slides", ["none", "attention", "record"])
     if "eval" in STAGES:
         evaluate(nano, DATA / "test-patch.jsonl", RUNS / "eval-nano", ["none"])
         evaluate(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides", ["none", "random", "attention"])
@@ -234,6 +273,10 @@ def main() -> int:
         attention(nano, "after")
         run([sys.executable, "scripts/attention_stats.py", str(untrained_nano()), str(nano),
              "--data", str(SLIDE_TEST / "test-questions.jsonl"), "--out", str(RUNS / "attention_stats.json")])
+        # are organ, grade and architecture in the features the LLM is shown? (fit on training slides, scored on test slides)
+        run([sys.executable, "scripts/feature_probe.py", str(untrained_nano()), str(nano),
+             "--fit", str(extra_slides_dir(EXTRA_SEEDS[0]).relative_to(ROOT)), "--score", str(SLIDE_TEST.relative_to(ROOT)),
+             "--out", str(RUNS / "feature_probe.json")])
     if "ablations" in STAGES:
         for name, overrides in ABLATIONS.items():
             final = train(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,))

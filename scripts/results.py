@@ -42,6 +42,21 @@ def training_facts(run: Path) -> dict:
     return facts
 
 
+def mixture_shares(config_yaml: str, tasks: tuple[str, ...] = ("grade", "subtype")) -> dict[str, float]:
+    """Weighted shares of slide records and of `tasks`' records in a training config's mixture."""
+    import yaml
+
+    total = slides = asked = 0.0
+    for entry in yaml.safe_load(config_yaml)["data"]["train"]:
+        path = Path(entry["path"]) if Path(entry["path"]).is_absolute() else ROOT / entry["path"]
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            total += entry["weight"]
+            slides += entry["weight"] * ("slide" in rec)
+            asked += entry["weight"] * (rec["task"] in tasks)
+    return {"records": total, "slide": slides / max(total, 1), "asked": asked / max(total, 1)}
+
+
 CARRIED = "> Carried over from the previous docs/RESULTS.md:"
 
 
@@ -352,6 +367,18 @@ def runs_table(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def feature_probe_table(results: dict[str, dict], names: dict[str, str]) -> str:
+    """Held-out linear-probe accuracy (%) per feature source and view (rows) and label (columns), with the constant guess."""
+    labels = sorted({label for views in results.values() for probes in views.values() for label in probes})
+    lines = ["| Features | View | " + " | ".join(labels) + " | Slides (fit / scored) |", "|---|---|" + "---|" * (len(labels) + 1)]
+    for source, views in results.items():
+        for view, probes in views.items():
+            cells = [f"{pct(probes[l]['accuracy'])} (constant {pct(probes[l]['constant'])})" if l in probes else "–" for l in labels]
+            first = next(iter(probes.values()))
+            lines.append(f"| {names.get(source, source)} | {view} | " + " | ".join(cells) + f" | {first['n_fit']} / {first['n_score']} |")
+    return "\n".join(lines)
+
+
 def ablation_table(runs: dict[str, dict]) -> str:
     """Rows: model variants; columns: patch-level accuracy tasks (mean), detection F1 / IoU per task."""
     acc_tasks = sorted({s["task"] for r in runs.values() for s in r.values()
@@ -426,6 +453,25 @@ def main() -> None:
                 "tumour box, and grade/subtype accuracy split by whether one did:", "",
                 region_hit_table([slide_eval / "predictions.jsonl", RUNS / "eval-nano-slides-record" / "predictions.jsonl"],
                                  slide_test), ""]
+    val_eval, val_questions = RUNS / "eval-nano-val-slides", ROOT / "data" / "synthpath-val-slides" / "val-questions.jsonl"
+    if (val_eval / "summary.json").is_file() and val_questions.is_file():
+        n_val = len({json.loads(l)["slide"] for l in val_questions.read_text().splitlines()})
+        out += ["### Validation slides (optional stage `val`)", "",
+                f"The same kinds of question about {n_val} validation slides (base seed 1's val block, disjoint from",
+                "every training and test block), looked at before the test slides above:", "",
+                above_chance_table(val_eval / "predictions.jsonl", val_questions), "",
+                "Per task, accuracy (%):", "", variant_table(load_summaries(val_eval)), ""]
+    probe_json = RUNS / "feature_probe.json"
+    if probe_json.is_file():
+        names = {str(RUNS / "untrained-nano"): "untrained nano", str(RUNS / "nano" / "final"): "nano"}
+        data = {source.replace(str(ROOT) + "/", ""): views for source, views in json.loads(probe_json.read_text()).items()}
+        out += ["### Is the answer in what the LLM is shown? (linear probes, `scripts/feature_probe.py`)", "",
+                "Per slide, the view is encoded as the LLM receives it (vision tower, multi-scale fusion, projector;",
+                "detail crops pooled like training's regions) and its tokens averaged. A logistic regression is fit",
+                "on the training slides of base seed 1 and scored on the held-out test slides. `detail0` is the",
+                "first detail crop of the slide's records, centred on a tumour. Pixels: channel means and spreads",
+                "and the share of dark pixels. Accuracy (%), with the commonest training label's accuracy:", "",
+                feature_probe_table(data, {k.replace(str(ROOT) + "/", ""): v for k, v in names.items()}), ""]
     fit_runs = {"nano": RUNS / "eval-nano-train-slides", "nano + probe": RUNS / "eval-probe-train-slides"}
     fit_runs = {name: run for name, run in fit_runs.items() if (run / "summary.json").is_file()}
     if fit_runs:
@@ -515,6 +561,7 @@ def main() -> None:
     card_metrics = metrics_table({**(load_summaries(nano_eval) if (nano_eval / "summary.json").is_file() else {}),
                                   **(load_summaries(slide_eval) if (slide_eval / "summary.json").is_file() else {})})
     if card.is_dir() and facts:
+        shares = mixture_shares(facts["config"])
         text = ["# omnipath-nano", "",
                 "OmniPath at CPU size (preset `nano`: SigLIP-style 192 px/16 + UNI-style ViT, scales (1, 2), a 6-layer",
                 "384-wide Llama, ResNet mask encoder, SAM-style decoder; 22.5 M parameters, bf16 weights), trained",
@@ -522,9 +569,12 @@ def main() -> None:
                 "works without a download, and to test the paper's claims in miniature.", "",
                 "- Data (the `omnipath synth patches` commands in docs/RESULTS.md): the train split of",
                 "  data/synthpath (base seed 0: 720 patches, 48 slides) and the train splits of base seeds 1 and 2",
-                "  (240 more slides). Test metrics use base seed 0's test block; no test seed is a training seed.",
+                "  (240 more slides), with every grade and subtype question re-asked 3 more times in other words",
+                "  and styles (`omnipath synth questions`). Test metrics use base seed 0's test block; no test seed",
+                "  is a training seed.",
                 f"- Steps: {facts['steps']} (global batch 16, AdamW lr 3e-4 cosine, fp32 on CPU, seed 0; every",
-                "  record has weight 1, slide records are about a third of the mixture)",
+                f"  record has weight 1; slide records are {pct(shares['slide'])} % of the mixture's {shares['records']:.0f} records,",
+                f"  grade and subtype questions {pct(shares['asked'])} %)",
                 f"- Wall time: {facts.get('wall_min', float('nan')):.0f} min on 2 CPU cores",
                 "- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
                 "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",

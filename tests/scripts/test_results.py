@@ -1,21 +1,16 @@
 """scripts/results.py: the tables RESULTS.md is built from, on hand-made predictions."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def results():
-    spec = importlib.util.spec_from_file_location("omnipath_results_script", ROOT / "scripts" / "results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def results(load_script):
+    return load_script("results")
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -143,3 +138,21 @@ def test_runs_table_puts_runs_side_by_side(results):
     table = results.runs_table({"nano": a, "probe": b}).splitlines()
     assert table[0] == "| Task | nano | probe |"
     assert "| grade (closed) | 25.0 | 100.0 |" in table and "| organ (open) | 50.0 | – |" in table
+
+
+def test_feature_probe_table_lists_each_source_and_view(results):
+    probe = lambda acc, const: {"accuracy": acc, "constant": const, "n_fit": 120, "n_score": 36}  # noqa: E731
+    data = {"pixels": {"detail0": {"grade": probe(0.5, 0.4), "organ": probe(0.25, 0.3)}},
+            "runs/repro/nano/final": {"thumbnail": {"grade": probe(0.3, 0.4), "organ": probe(0.9, 0.3)}}}
+    table = results.feature_probe_table(data, {"runs/repro/nano/final": "nano"}).splitlines()
+    assert table[0] == "| Features | View | grade | organ | Slides (fit / scored) |"
+    assert "| pixels | detail0 | 50.0 (constant 40.0) | 25.0 (constant 30.0) | 120 / 36 |" in table
+    assert "| nano | thumbnail | 30.0 (constant 40.0) | 90.0 (constant 30.0) | 120 / 36 |" in table
+
+
+def test_mixture_shares_weigh_each_file(results, tmp_path):
+    patch = _write(tmp_path / "p.jsonl", [{"task": "grade", "image": "a.png"}, {"task": "organ", "image": "b.png"}])
+    slide = _write(tmp_path / "s.jsonl", [{"task": "subtype", "slide": "s.tiff"}])
+    config = f"data:\n  train:\n    - {{path: {patch}, weight: 1.0}}\n    - {{path: {slide}, weight: 2.0}}\n"
+    shares = results.mixture_shares(config)
+    assert shares["records"] == 4 and shares["slide"] == 0.5 and shares["asked"] == 0.75

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,52 @@ def test_export_of_one_split_writes_the_same_records(exported, tmp_path):
     assert [(r.id, r.conversations) for r in only_records] == [(r.id, r.conversations) for r in full_records]
     with pytest.raises(ValueError, match="splits"):
         export_dataset(tmp_path, n_patches=5, n_slides=0, splits=["holdout"])
+
+
+def test_more_questions_reask_labels_with_the_same_inputs(exported):
+    from omnipath_lvlm.synth.export import _options, more_questions
+
+    _, paths = exported
+    records = [r for p in paths.values() for r in read_jsonl(p)[0]]
+    asked = [r for r in records if r.task in ("grade", "subtype") and r.answer_style in ("open", "closed")]
+    assert any(r.slide is not None for r in asked) and asked
+    new = more_questions(records, ["grade", "subtype"], 3, seed=5)
+    assert len(new) == 3 * len(asked)
+    by_id = {r.id: r for r in asked}
+    for q in new:
+        source = by_id[q.id.rsplit("-q", 1)[0]]
+        assert q.task == source.task and q.gt["label"] == source.gt["label"]
+        assert (q.image, q.slide, q.regions, q.organ) == (source.image, source.slide, source.regions, source.organ)
+        if q.answer_style == "closed":  # the letter names the label among the exporter's options
+            assert sorted(q.options) == sorted(_options(q.task, q.organ))
+            assert q.options[ord(q.gt["letter"]) - ord("A")] == q.gt["label"]
+            assert q.conversations[1]["value"] == f"{q.gt['letter']}. {q.gt['label']}"
+        else:
+            assert q.conversations[1]["value"] == q.gt["label"]
+    assert len({r.id for r in new}) == len(new)
+    # fresh wording: not every new question repeats its source's prompt
+    assert any(q.conversations[0]["value"] != by_id[q.id.rsplit("-q", 1)[0]].conversations[0]["value"] for q in new)
+    # seeded by record id: order does not matter, the seed does
+    reversed_order = {r.id: r.to_dict() for r in more_questions(records[::-1], ["grade", "subtype"], 3, seed=5)}
+    assert reversed_order == {r.id: r.to_dict() for r in new}
+    other_seed = {r.id: r.conversations[0]["value"] for r in more_questions(records, ["grade", "subtype"], 3, seed=6)}
+    assert other_seed != {r.id: r.conversations[0]["value"] for r in new}
+    with pytest.raises(KeyError, match="unknown task"):
+        more_questions(records, ["gradee"], 1)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        more_questions(records, ["grade"], -1)
+
+
+def test_cli_questions_writes_next_to_the_export(exported, capsys):
+    out, paths = exported
+    target = out / "train-more.jsonl"
+    assert main(["synth", "questions", str(paths["train"]), "--task", "grade", "--n", "2", "--out", str(target)]) == 0
+    records, problems = read_jsonl(target, check_files=True)
+    assert problems == [] and records and {r.task for r in records} == {"grade"}
+    assert "questions (2 per record of grade)" in capsys.readouterr().out
+    for line in target.read_text().splitlines():  # stored relative to the export folder, as the exporter does
+        row = json.loads(line)
+        assert not Path(row.get("image") or row["slide"]).is_absolute()
+    with pytest.raises(SystemExit, match="no open or closed records"):
+        main(["synth", "questions", str(paths["train"]), "--task", "nucleus_detection", "--n", "1",
+              "--out", str(out / "x.jsonl")])

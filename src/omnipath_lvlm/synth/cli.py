@@ -3,10 +3,13 @@
     omnipath synth patches --n N --out DIR [--seed S] [--size 384] [--slides K] [--slide-size 4096] [--task T ...]
                            [--split S ...] [--max-boxes 120]
     omnipath synth slide --out FILE.tiff [--size 16384] [--seed S] [--mpp 0.25] [--levels L]
+    omnipath synth questions IN.jsonl --task T [--task T ...] --n N --out OUT.jsonl [--seed S]
 
 ``patches`` writes PNGs and train/val/test JSONL splits (see
 :mod:`omnipath_lvlm.synth.export`); ``slide`` writes one pyramidal TIFF with its
-``.geojson`` annotations and ``.json`` labels.
+``.geojson`` annotations and ``.json`` labels; ``questions`` re-asks the label
+questions of an export (e.g. slide grade and subtype) ``N`` more times in fresh
+words and styles (:func:`omnipath_lvlm.synth.export.more_questions`).
 """
 from __future__ import annotations
 
@@ -43,6 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     slide.add_argument("--tile", type=int, default=256, help="tile side in pixels (multiple of 16)")
     slide.set_defaults(func=run_slide)
 
+    questions = sub.add_parser("questions", help="re-ask an export's label questions in fresh words and styles")
+    questions.add_argument("data", type=Path, help="a SynthPath JSONL (e.g. DIR/train.jsonl)")
+    questions.add_argument("--task", action="append", required=True, help="re-ask these tasks (repeatable)")
+    questions.add_argument("--n", type=int, required=True, help="more questions per matching record")
+    questions.add_argument("--seed", type=int, default=0, help="seed of the prompt and style choices")
+    questions.add_argument("--out", type=Path, required=True,
+                           help="JSONL to write (in the input's folder, so paths stay relative)")
+    questions.set_defaults(func=run_questions)
+
 
 def run_patches(args: argparse.Namespace) -> int:
     from omnipath_lvlm.synth.export import SPLITS, export_dataset
@@ -71,4 +83,24 @@ def run_slide(args: argparse.Namespace) -> int:
     print(f"annotations: {truth.geojson_path} ({len(truth.annotations)} regions); labels: {truth.labels_path}")
     for task, answer in truth.labels.items():
         print(f"  {task}: {answer}")
+    return 0
+
+
+def run_questions(args: argparse.Namespace) -> int:
+    from omnipath_lvlm.data.records import read_jsonl, write_jsonl
+    from omnipath_lvlm.synth.export import more_questions
+
+    if args.n < 1:
+        raise SystemExit(f"--n must be >= 1, got {args.n}")
+    records, problems = read_jsonl(args.data)
+    if problems:
+        raise SystemExit(f"{args.data}: {len(problems)} unreadable records, first: {problems[0]}")
+    try:
+        new = more_questions(records, args.task, args.n, seed=args.seed)
+    except KeyError as exc:
+        raise SystemExit(str(exc.args[0]) if exc.args else str(exc)) from None
+    if not new:
+        raise SystemExit(f"{args.data} has no open or closed records of {args.task}")
+    path = write_jsonl(new, args.out)
+    print(f"{len(new)} questions ({args.n} per record of {', '.join(args.task)}) -> {path}")
     return 0

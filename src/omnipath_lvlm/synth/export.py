@@ -285,6 +285,49 @@ def slide_records(truth: SlideTruth, out_dir: Path, rng: random.Random, tasks: s
     return out
 
 
+LABEL_STYLES = ("open", "closed")  # the answer styles more_questions re-asks a label in
+
+
+def more_questions(records: Iterable[Any], tasks: Iterable[str], n: int, seed: int = 0) -> list[Any]:
+    """``n`` more questions per record of ``tasks``: same images and answer, fresh prompt and style.
+
+    Slide and patch exports ask each label (grade, subtype, ...) once per item. A small model
+    sees each slide label a handful of times in a whole training run, too few to learn to read
+    it from the detail regions; re-asking it in other words and styles multiplies that signal
+    without rendering anything. Only open and closed records are re-asked; closed questions list
+    the same options the exporter uses (``_options``), and a label without options stays open.
+    New ids are ``<id>-q<k>`` (k = 1..n), and the choice of prompt and style is seeded by
+    ``seed`` and the record id, so the output does not depend on the order of ``records``.
+    """
+    from omnipath_lvlm.data.records import make_record
+    from omnipath_lvlm.data.tasks import get_task
+
+    if n < 0:
+        raise ValueError(f"n must be >= 0 more questions per record, got {n}")
+    wanted = set(tasks)
+    for name in wanted:
+        get_task(name)  # KeyError naming the known tasks
+    out = []
+    for record in records:
+        if record.task not in wanted or record.answer_style not in LABEL_STYLES:
+            continue
+        task = get_task(record.task)
+        label = record.gt["label"]
+        options = _options(record.task, record.organ)
+        gt = {k: v for k, v in record.gt.items() if k not in ("label", "letter")}
+        fields_ = dict(slide=record.slide, region=record.region, regions=record.regions, source=record.source,
+                       organ=record.organ, image_size=record.image_size)
+        rng = random.Random(derive_key(seed, "more-questions", record.id))
+        for k in range(1, n + 1):
+            style = rng.choice([s for s in task.styles if s in LABEL_STYLES])
+            if style == "closed" and label not in options:
+                style = "open"
+            extra = {"options": options} if style == "closed" else {}
+            out.append(make_record(record.task, record.image, label, rng, style=style, gt=gt,
+                                   id=f"{record.id}-q{k}", **fields_, **extra))
+    return out
+
+
 def export_dataset(
     out_dir: str | Path,
     n_patches: int,
