@@ -5,7 +5,7 @@ code, writes into runs/repro/, and is skipped when its output already exists, so
 run resumes. Budget knobs (environment variables, defaults sized for a 2-core CPU):
 
     REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_TEST_SLIDES=36 REPRO_EXTRA_SLIDES=240 REPRO_SLIDE_SIZE=6144
-    REPRO_STEPS=600 REPRO_ABLATION_STEPS=250 REPRO_MORE_QUESTIONS=3 REPRO_VAL_SLIDES=30
+    REPRO_STEPS=600 REPRO_ABLATION_STEPS=250 REPRO_VAL_SLIDES=30
     REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
                  "after" also measures where A_last falls (scripts/attention_stats.py) and probes
                  the image features for slide labels (scripts/feature_probe.py);
@@ -17,9 +17,7 @@ run resumes. Budget knobs (environment variables, defaults sized for a 2-core CP
 Data: data/synthpath (patches and slides, base seed 0), data/synthpath-slides (REPRO_TEST_SLIDES
 held-out slides of base seed 0's test block, for the PGFC ablation) and data/synthpath-train-slides-1,
 -2 (REPRO_EXTRA_SLIDES more training slides, half from base seed 1's train block and half from base
-seed 2's, generated in two parallel processes: slide-level questions need many slides). Every
-training file's grade and subtype questions are re-asked REPRO_MORE_QUESTIONS more times in fresh
-words and styles (`omnipath synth questions`, files *-more.jsonl beside them).
+seed 2's, generated in two parallel processes: slide-level questions need many slides).
 
 Runs:
 - `nano`: the shipped model, configs/train/nano-synthpath.yaml as it is (patch records of
@@ -52,7 +50,7 @@ OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
 ENV = {k: int(os.environ.get(k, v)) for k, v in {
     "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_EXTRA_SLIDES": 240, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
     "REPRO_ABLATION_STEPS": 250, "REPRO_PROBE_STEPS": 150, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4,
-    "REPRO_MORE_QUESTIONS": 3, "REPRO_VAL_SLIDES": 30}.items()}
+    "REPRO_VAL_SLIDES": 30}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,eval,after,ablations,results").split(",")
 QUESTION_STYLES = ("closed", "open", "yes_no")
 UNIFORM = "data.train=[{path: data/synthpath/train.jsonl, weight: 1.0}]"  # the ablations' mixture
@@ -97,28 +95,10 @@ def stage_data() -> None:
         run(*commands)
     split_by_level(DATA / "train.jsonl", DATA / "train-patch.jsonl", DATA / "train-slide.jsonl")
     split_by_level(DATA / "test.jsonl", DATA / "test-patch.jsonl", DATA / "test-slide.jsonl")
-    more = [more_questions_command(path) for path in training_files() if not more_questions_file(path).is_file()]
-    if more:
-        run(*more)
     lines = (SLIDE_TEST / "test.jsonl").read_text().splitlines()
     for name, styles in (("test-questions.jsonl", QUESTION_STYLES), ("test-boxes.jsonl", ("boxes",))):
         if not (SLIDE_TEST / name).is_file():  # the PGFC table's question kinds; cancer boxes on whole slides
             (SLIDE_TEST / name).write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in styles) + "\n")
-
-
-def training_files() -> list[Path]:
-    """The export files nano's mixture draws on (configs/train/nano-synthpath.yaml lists them and their re-asked questions)."""
-    return [DATA / "train-patch.jsonl", *slide_training_files()]
-
-
-def more_questions_file(path: Path) -> Path:
-    return path.with_name(path.stem + "-more.jsonl")
-
-
-def more_questions_command(path: Path) -> list[str]:
-    """Re-ask the grade and subtype questions of a training file MORE_QUESTIONS more times (written beside it)."""
-    return [*OMNIPATH, "synth", "questions", str(path.relative_to(ROOT)), "--task", "grade", "--task", "subtype",
-            "--n", str(ENV["REPRO_MORE_QUESTIONS"]), "--out", str(more_questions_file(path).relative_to(ROOT))]
 
 
 def extra_slides_dir(seed: int) -> Path:

@@ -82,8 +82,12 @@ def test_save_load_round_trip(tmp_path):
     loaded = OmniPathForConditionalGeneration.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         after = loaded(**inputs)
-    assert torch.equal(before.logits, after.logits)
-    assert torch.equal(before.pred_masks, after.pred_masks)
+    saved, restored = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)  # every weight and buffer, bit for bit
+    # the same weights in a new instance may take other kernel paths (memory layout): equal to float noise
+    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(after.pred_masks, before.pred_masks, rtol=0, atol=1e-5)
     from transformers import AutoModelForImageTextToText
 
     auto = AutoModelForImageTextToText.from_pretrained(tmp_path)
