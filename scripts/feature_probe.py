@@ -65,8 +65,8 @@ def pixel_features(image: Image.Image) -> NDArray[np.float64]:
     return np.concatenate([a.mean((0, 1)), a.std((0, 1)), [dark]])
 
 
-def model_features(model_dir: Path, images: list[Image.Image], pool: int) -> NDArray[np.float64]:
-    """Mean projected token of each image, as the LLM receives it (N, D)."""
+def model_features(model_dir: Path, images: list[Image.Image], pools: list[int]) -> NDArray[np.float64]:
+    """Mean projected token of each image (pooled by ``pools[i]``), as the LLM receives it (N, D)."""
     import torch
 
     from omnipath_lvlm.model import OmniPathForConditionalGeneration
@@ -78,7 +78,7 @@ def model_features(model_dir: Path, images: list[Image.Image], pool: int) -> NDA
     with torch.no_grad():
         for start in range(0, len(images), 16):
             chunk = images[start : start + 16]
-            encoded = model.encode_images(processor.preprocess_images(chunk), [pool] * len(chunk))
+            encoded = model.encode_images(processor.preprocess_images(chunk), pools[start : start + 16])
             feats += [t.mean(0).numpy() for t in encoded.tokens.split(encoded.tokens_per_image)]
     return np.stack(feats).astype(np.float64)
 
@@ -101,15 +101,16 @@ def probe(train_x: NDArray, train_y: list[str], test_x: NDArray, test_y: list[st
 
 def run(models: list[Path], fit: Path, score: Path, region_pool: int) -> dict:
     sets = {"fit": load_slides(fit), "score": load_slides(score)}
+    # every (set, slide, view) image in one list, so that each model is loaded and run once
+    keys = [(name, i, view) for name, slides in sets.items() for i in range(len(slides)) for view in VIEWS]
+    images = [sets[name][i].images[view] for name, i, view in keys]
+    pools = [1 if view == "thumbnail" else region_pool for _, _, view in keys]
     results: dict = {}
     for source in ["pixels", *map(str, models)]:
+        feats = (np.stack([pixel_features(image) for image in images]) if source == "pixels"
+                 else model_features(Path(source), images, pools))
         for view in VIEWS:
-            pool = 1 if view == "thumbnail" else region_pool
-            x = {}
-            for name, slides in sets.items():
-                images = [s.images[view] for s in slides]
-                x[name] = (np.stack([pixel_features(i) for i in images]) if source == "pixels"
-                           else model_features(Path(source), images, pool))
+            x = {name: feats[[k for k, key in enumerate(keys) if key[0] == name and key[2] == view]] for name in sets}
             for label in LABELS:
                 y = {name: [s.labels[label] for s in slides] for name, slides in sets.items()}
                 results.setdefault(source, {}).setdefault(view, {})[label] = probe(x["fit"], y["fit"], x["score"], y["score"])

@@ -95,10 +95,17 @@ def stage_data() -> None:
         run(*commands)
     split_by_level(DATA / "train.jsonl", DATA / "train-patch.jsonl", DATA / "train-slide.jsonl")
     split_by_level(DATA / "test.jsonl", DATA / "test-patch.jsonl", DATA / "test-slide.jsonl")
-    lines = (SLIDE_TEST / "test.jsonl").read_text().splitlines()
-    for name, styles in (("test-questions.jsonl", QUESTION_STYLES), ("test-boxes.jsonl", ("boxes",))):
-        if not (SLIDE_TEST / name).is_file():  # the PGFC table's question kinds; cancer boxes on whole slides
-            (SLIDE_TEST / name).write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in styles) + "\n")
+    # the PGFC table's question kinds; cancer boxes on whole slides
+    with_styles(SLIDE_TEST / "test.jsonl", SLIDE_TEST / "test-questions.jsonl", QUESTION_STYLES)
+    with_styles(SLIDE_TEST / "test.jsonl", SLIDE_TEST / "test-boxes.jsonl", ("boxes",))
+
+
+def with_styles(path: Path, out: Path, styles: tuple[str, ...]) -> Path:
+    """Write the records of `path` whose answer style is one of `styles` to `out` (beside it), unless it exists."""
+    if not out.is_file():
+        lines = path.read_text().splitlines()
+        out.write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in styles) + "\n")
+    return out
 
 
 def extra_slides_dir(seed: int) -> Path:
@@ -150,15 +157,11 @@ def fit_questions(n: int = 60) -> Path:
 
 def val_questions() -> Path:
     """The slide questions of REPRO_VAL_SLIDES validation slides (generated if missing): look here before the test slides."""
-    out = SLIDE_VAL / "val-questions.jsonl"
     if not (SLIDE_VAL / "val.jsonl").is_file():
         run([*OMNIPATH, "synth", "patches", "--n", "0", "--slides", str(10 * ENV["REPRO_VAL_SLIDES"]), "--split", "val",
              "--seed", str(EXTRA_SEEDS[0]), "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192",
              "--out", str(SLIDE_VAL.relative_to(ROOT))])
-    if not out.is_file():
-        lines = (SLIDE_VAL / "val.jsonl").read_text().splitlines()
-        out.write_text("\n".join(l for l in lines if json.loads(l).get("answer_style") in QUESTION_STYLES) + "\n")
-    return out
+    return with_styles(SLIDE_VAL / "val.jsonl", SLIDE_VAL / "val-questions.jsonl", QUESTION_STYLES)
 
 
 def first_test_slide() -> Path:

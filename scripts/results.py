@@ -463,7 +463,7 @@ def main() -> None:
                 "Per task, accuracy (%):", "", variant_table(load_summaries(val_eval)), ""]
     probe_json = RUNS / "feature_probe.json"
     if probe_json.is_file():
-        names = {str(RUNS / "untrained-nano"): "untrained nano", str(RUNS / "nano" / "final"): "nano"}
+        names = {"runs/repro/untrained-nano": "untrained nano", "runs/repro/nano/final": "nano"}
         data = {source.replace(str(ROOT) + "/", ""): views for source, views in json.loads(probe_json.read_text()).items()}
         out += ["### Is the answer in what the LLM is shown? (linear probes, `scripts/feature_probe.py`)", "",
                 "Per slide, the view is encoded as the LLM receives it (vision tower, multi-scale fusion, projector;",
@@ -471,7 +471,7 @@ def main() -> None:
                 "on the training slides of base seed 1 and scored on the held-out test slides. `detail0` is the",
                 "first detail crop of the slide's records, centred on a tumour. Pixels: channel means and spreads",
                 "and the share of dark pixels. Accuracy (%), with the commonest training label's accuracy:", "",
-                feature_probe_table(data, {k.replace(str(ROOT) + "/", ""): v for k, v in names.items()}), ""]
+                feature_probe_table(data, names), ""]
     fit_runs = {"nano": RUNS / "eval-nano-train-slides", "nano + probe": RUNS / "eval-probe-train-slides"}
     fit_runs = {name: run for name, run in fit_runs.items() if (run / "summary.json").is_file()}
     if fit_runs:

@@ -1,7 +1,6 @@
 """scripts/feature_probe.py: linear probes of slide labels on the views the LLM is shown."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -11,9 +10,6 @@ from omnipath_lvlm.model import OmniPathForConditionalGeneration
 from omnipath_lvlm.processing import OmniPathProcessor
 from omnipath_lvlm.synth.export import export_dataset
 from omnipath_lvlm.synth.taxonomy import SUBTYPES
-
-
-
 
 
 def test_architecture_inverts_the_subtype_names(load_script):

@@ -1,7 +1,6 @@
 """scripts/teacher_forced.py: teacher-forced answers through the training dataset and forward."""
 from __future__ import annotations
 
-
 import torch
 
 from omnipath_lvlm.config import OmniPathConfig
@@ -9,9 +8,6 @@ from omnipath_lvlm.data.records import read_jsonl
 from omnipath_lvlm.model import OmniPathForConditionalGeneration
 from omnipath_lvlm.processing import OmniPathProcessor
 from omnipath_lvlm.synth.export import export_dataset
-
-
-
 
 
 def test_teacher_forced_reads_each_records_reference_answer(tmp_path, load_script):
