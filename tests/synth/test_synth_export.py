@@ -155,6 +155,9 @@ def test_cli_questions_writes_next_to_the_export(exported, capsys):
     for line in target.read_text().splitlines():  # stored relative to the export folder, as the exporter does
         row = json.loads(line)
         assert not Path(row.get("image") or row["slide"]).is_absolute()
+    with pytest.raises(SystemExit, match="is not a file"):
+        main(["synth", "questions", str(out / "missing.jsonl"), "--task", "grade", "--n", "1", "--out", str(out / "y.jsonl")])
+    assert not (out / "y.jsonl").exists()
     with pytest.raises(SystemExit, match="no open or closed records"):
         main(["synth", "questions", str(paths["train"]), "--task", "nucleus_detection", "--n", "1",
               "--out", str(out / "x.jsonl")])

@@ -92,6 +92,8 @@ def run_questions(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise SystemExit(f"--n must be >= 1, got {args.n}")
+    if not args.data.is_file():
+        raise SystemExit(f"{args.data} is not a file (a JSONL of records, e.g. an export's train.jsonl)")
     records, problems = read_jsonl(args.data)
     if problems:
         raise SystemExit(f"{args.data}: {len(problems)} unreadable records, first: {problems[0]}")
