@@ -9,8 +9,7 @@ run resumes. Budget knobs (environment variables, defaults sized for a 2-core CP
     REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
                  "after" also measures where A_last falls (scripts/attention_stats.py) and probes
                  the image features for slide labels (scripts/feature_probe.py);
-                 add "val" to evaluate on validation slides (base seed 1's val block) and "probe"
-                 for the optional slide-only fine-tune diagnostic, about 40 min more)
+                 add "val" to evaluate on validation slides (base seed 1's val block))
 
     .venv/bin/python scripts/reproduce.py
 
@@ -20,9 +19,12 @@ held-out slides of base seed 0's test block, for the PGFC ablation) and data/syn
 seed 2's, generated in two parallel processes: slide-level questions need many slides).
 
 Runs:
-- `nano`: the shipped model, configs/train/nano-synthpath.yaml as it is (patch records of
-  data/synthpath, slide records of all the training slides), REPRO_STEPS steps; evaluated on the patch test records and, for the PGFC
-  ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test seed block).
+- `nano`: the shipped model, in two stages. `nano-base`: configs/train/nano-synthpath.yaml as it is
+  (patch records of data/synthpath, slide records of all the training slides), REPRO_STEPS steps.
+  `nano`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides' grade,
+  subtype and organ questions, four passes, vision tower frozen and cached). Evaluated on the patch
+  test records and, for the PGFC ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test
+  seed block).
 - `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all with the uniform
   mixture of the train split and REPRO_ABLATION_STEPS steps, evaluated on the patch test records.
 
@@ -49,11 +51,13 @@ EXTRA_SEEDS = (1, 2)  # base seeds of the extra training slides (their train blo
 OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
 ENV = {k: int(os.environ.get(k, v)) for k, v in {
     "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_EXTRA_SLIDES": 240, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
-    "REPRO_ABLATION_STEPS": 250, "REPRO_PROBE_STEPS": 150, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4,
+    "REPRO_ABLATION_STEPS": 250, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4,
     "REPRO_VAL_SLIDES": 30}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,eval,after,ablations,results").split(",")
 QUESTION_STYLES = ("closed", "open", "yes_no")
 UNIFORM = "data.train=[{path: data/synthpath/train.jsonl, weight: 1.0}]"  # the ablations' mixture
+NANO_CONFIG = "configs/train/nano-synthpath.yaml"  # nano's first stage (and the ablations')
+SLIDE_STAGE_CONFIG = "configs/train/nano-synthpath-slides.yaml"  # nano's second stage
 ABLATIONS = {  # name -> OmniPathConfig.from_name overrides (cheapest first); "full" is their baseline
     "full": None,
     "no-uni-no-msff": {"use_uni": False, "scales": [1]},
@@ -144,17 +148,6 @@ def slide_training_files() -> list[Path]:
     return [DATA / "train-slide.jsonl", *(extra_slides_dir(seed) / "train.jsonl" for seed in EXTRA_SEEDS)]
 
 
-def fit_questions(n: int = 60) -> Path:
-    """Organ, grade and subtype questions of the first training slides of base seed 1 (did training fit them?)."""
-    folder = extra_slides_dir(EXTRA_SEEDS[0])
-    out = folder / "fit-questions.jsonl"  # beside train.jsonl: the records' paths are relative to it
-    if not out.is_file():
-        lines = [l for l in (folder / "train.jsonl").read_text().splitlines()
-                 if json.loads(l)["task"] in ("organ", "grade", "subtype")]
-        out.write_text("\n".join(lines[:n]) + "\n")
-    return out
-
-
 def val_questions() -> Path:
     """The slide questions of REPRO_VAL_SLIDES validation slides (generated if missing): look here before the test slides."""
     if not (SLIDE_VAL / "val.jsonl").is_file():
@@ -191,12 +184,14 @@ def attention(model: Path, name: str) -> None:
          "--model", str(model), "--out", str(target)])
 
 
-def train(name: str, steps: int, overrides: dict | None = None, extra: tuple[str, ...] = ()) -> Path:
+def train(name: str, steps: int | None, overrides: dict | None = None, extra: tuple[str, ...] = (),
+          config: str = NANO_CONFIG) -> Path:
+    """Train `config` into runs/repro/`name` (`steps` optimiser steps; None: the config's epochs)."""
     out = RUNS / name
     final = out / "final"
     if (final / "config.json").is_file():
         return final
-    args = [*OMNIPATH, "train", "configs/train/nano-synthpath.yaml", f"output_dir={out}", f"train.max_steps={steps}",
+    args = [*OMNIPATH, "train", config, f"output_dir={out}", *([] if steps is None else [f"train.max_steps={steps}"]),
             "logging.progress=false", "data.max_length=640", *extra]
     if overrides:
         args.append("model.overrides=" + json.dumps(overrides))
@@ -243,11 +238,16 @@ def main() -> int:
         attention(untrained_nano(), "before")
     nano = RUNS / "nano" / "final"
     if "nano" in STAGES:
-        ship(train("nano", ENV["REPRO_STEPS"]))
+        base = train("nano-base", ENV["REPRO_STEPS"])
+        ship(train("nano", None, extra=(f"model.checkpoint={base}",), config=SLIDE_STAGE_CONFIG))
     if "val" in STAGES:  # optional: validation slides, looked at before the test slides
         evaluate(nano, val_questions(), RUNS / "eval-nano-val-slides", ["none", "attention", "record"])
     if "eval" in STAGES:
         evaluate(nano, DATA / "test-patch.jsonl", RUNS / "eval-nano", ["none"])
+        # what the second stage changed: the first stage's model on the same patch and slide questions
+        base = RUNS / "nano-base" / "final"
+        evaluate(base, DATA / "test-patch.jsonl", RUNS / "eval-nano-base", ["none"])
+        evaluate(base, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-base-slides", ["attention"])
         evaluate(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides", ["none", "random", "attention"])
         evaluate(nano, SLIDE_TEST / "test-boxes.jsonl", RUNS / "eval-nano-slide-boxes", ["attention"])
         # diagnostic: the regions the records list (2 on tumour, 2 on other tissue, as in training)
@@ -264,15 +264,6 @@ def main() -> int:
         for name, overrides in ABLATIONS.items():
             final = train(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,))
             evaluate(final, DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])
-    if "probe" in STAGES:  # can nano learn slide questions from regions at all, given many passes over them?
-        fit = fit_questions()
-        evaluate(nano, fit, RUNS / "eval-nano-train-slides", ["record"])
-        probe = train("probe-slides", ENV["REPRO_PROBE_STEPS"], extra=(
-            "model.preset=null", f"model.checkpoint={nano}", "data.train=" + json.dumps(
-                [{"path": str(p.relative_to(ROOT)), "weight": 1.0} for p in slide_training_files()]),
-            "optim.lr=1e-4", "checkpoint.save_every=1000", "logging.eval_every=1000"))
-        evaluate(probe, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-probe-slides", ["attention", "record"])
-        evaluate(probe, fit, RUNS / "eval-probe-train-slides", ["record"])
     if "results" in STAGES:
         run([sys.executable, "scripts/results.py"])
     print(f"reproduction stages {STAGES} done in {(time.time() - started) / 60:.1f} min")

@@ -37,7 +37,7 @@ def training_facts(run: Path) -> dict:
     if log.is_file():  # the minutes line that follows this run's `omnipath train` command
         lines = log.read_text().splitlines()
         for i, line in enumerate(lines[:-1]):
-            if " train " in line and f"output_dir={run}" in line and lines[i + 1].startswith("#"):
+            if " train " in line and f"output_dir={run} " in line and lines[i + 1].startswith("#"):
                 facts["wall_min"] = float(lines[i + 1].split()[1])
     return facts
 
@@ -356,8 +356,11 @@ def variant_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def runs_table(runs: dict[str, dict]) -> str:
-    """Accuracy (%) of each classification task (rows) in each run (columns, by name)."""
+def runs_table(runs: dict[str, dict], variant: str | None = None) -> str:
+    """Accuracy (%) of each classification task (rows) in each run (columns, by name); only
+    `variant`'s rows (a PGFC mode) when given."""
+    runs = {name: {k: s for k, s in r.items() if variant is None or s.get("variant") == variant}
+            for name, r in runs.items()}
     tasks = sorted({s["task"] for r in runs.values() for s in r.values() if s.get("accuracy") is not None})
     lines = ["| Task | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for task in tasks:
@@ -453,6 +456,14 @@ def main() -> None:
                 "tumour box, and grade/subtype accuracy split by whether one did:", "",
                 region_hit_table([slide_eval / "predictions.jsonl", RUNS / "eval-nano-slides-record" / "predictions.jsonl"],
                                  slide_test), ""]
+    base_runs = {"slide questions, PGFC attention": (RUNS / "eval-nano-base-slides", RUNS / "eval-nano-slides", "attention"),
+                 "patch questions": (RUNS / "eval-nano-base", nano_eval, "none")}
+    for title, (base_eval, nano_run, variant) in base_runs.items():
+        if (base_eval / "summary.json").is_file() and (nano_run / "summary.json").is_file():
+            out += [f"### The second stage, {title} (held-out seeds)", "",
+                    "nano-base is nano after its first stage (the mixture); nano adds the second (slide grade, subtype",
+                    "and organ questions, vision tower frozen). Accuracy (%) on the same test records:", "",
+                    runs_table({"nano-base": load_summaries(base_eval), "nano": load_summaries(nano_run)}, variant), ""]
     val_eval, val_questions = RUNS / "eval-nano-val-slides", ROOT / "data" / "synthpath-val-slides" / "val-questions.jsonl"
     if (val_eval / "summary.json").is_file() and val_questions.is_file():
         n_val = len({json.loads(l)["slide"] for l in val_questions.read_text().splitlines()})
@@ -472,31 +483,6 @@ def main() -> None:
                 "first detail crop of the slide's records, centred on a tumour. Pixels: channel means and spreads",
                 "and the share of dark pixels. Accuracy (%), with the commonest training label's accuracy:", "",
                 feature_probe_table(data, names), ""]
-    fit_runs = {"nano": RUNS / "eval-nano-train-slides", "nano + probe": RUNS / "eval-probe-train-slides"}
-    fit_runs = {name: run for name, run in fit_runs.items() if (run / "summary.json").is_file()}
-    if fit_runs:
-        n_fit = json.loads((next(iter(fit_runs.values())) / "summary.json").read_text())["items"]
-        out += ["### Did training fit the slide questions? (optional stage `probe`)", "",
-                f"Organ, grade and subtype questions of {n_fit} records of the first",
-                "training slides of base seed 1, asked with the regions the records list (as in training). These",
-                "are training data: a model that learnt them answers them right.", "",
-                runs_table({name: load_summaries(run) for name, run in fit_runs.items()}), ""]
-    probe_eval = RUNS / "eval-probe-slides"
-    if (probe_eval / "summary.json").is_file() and (RUNS / "probe-slides" / "metrics.jsonl").is_file():
-        probe = training_facts(RUNS / "probe-slides")
-        import yaml
-
-        config = yaml.safe_load((RUNS / "probe-slides" / "config.yaml").read_text())  # the files it trained on
-        slide_files = [ROOT / entry["path"] for entry in config["data"]["train"]]
-        n_train = sum(len(f.read_text().splitlines()) for f in slide_files if f.is_file())
-        passes = f"about {probe['steps'] * 16 / n_train:.1f} passes over them" if n_train else "passes unknown"
-        out += ["### Diagnostic: nano fine-tuned on slide questions only (optional stage `probe`)", "",
-                f"The shipped nano, trained {probe['steps']} more steps (batch 16, lr 1e-4) on the {n_train} training slide records",
-                f"alone ({passes}), then asked the same held-out slide questions. Does the model read",
-                "slide-level answers from the regions once it has seen the slide questions more often?", "",
-                pgfc_paired_table([probe_eval / "predictions.jsonl"], slide_test), "",
-                above_chance_table(probe_eval / "predictions.jsonl", slide_test), "",
-                "Per task, accuracy (%):", "", variant_table(load_summaries(probe_eval)), ""]
     if (nano_eval / "summary.json").is_file():
         summaries = load_summaries(nano_eval)
         out += ["## nano on its test split, per task", "", chance_table(ROOT / "data" / "synthpath" / "test-patch.jsonl"), ""]
@@ -548,11 +534,14 @@ def main() -> None:
     for name, title in (("before", "before training"), ("after", "after training")):
         if (ROOT / "docs" / "img" / f"attention_{name}.png").is_file():
             out += [f"### Attention {title} (figure 2 analogue)", "", f"![attention {title}](img/attention_{name}.png)", ""]
-    facts = training_facts(RUNS / "nano") if (RUNS / "nano" / "metrics.jsonl").is_file() else None
-    if facts:
-        out += ["## Training of the shipped nano", "",
-                f"{facts['steps']} optimiser steps; training loss {facts['first_loss']:.3f} at the first log, "
-                f"{facts['last_loss']:.3f} at the last" + (f"; {facts['wall_min']:.0f} min wall time." if 'wall_min' in facts else "."), ""]
+    stages = {name: training_facts(RUNS / name) for name in ("nano-base", "nano") if (RUNS / name / "metrics.jsonl").is_file()}
+    facts = stages.get("nano-base")
+    if stages:
+        out += ["## Training of the shipped nano", ""]
+        for name, f in stages.items():
+            out += [f"- {name}: {f['steps']} optimiser steps; training loss {f['first_loss']:.3f} at the first log, "
+                    f"{f['last_loss']:.3f} at the last" + (f"; {f['wall_min']:.0f} min wall time." if 'wall_min' in f else ".")]
+        out.append("")
     notes = ROOT / "docs" / "results_notes.md"
     if notes.is_file():
         out += [notes.read_text()]
@@ -560,8 +549,10 @@ def main() -> None:
     card = ROOT / "models" / "omnipath-nano"
     card_metrics = metrics_table({**(load_summaries(nano_eval) if (nano_eval / "summary.json").is_file() else {}),
                                   **(load_summaries(slide_eval) if (slide_eval / "summary.json").is_file() else {})})
-    if card.is_dir() and facts:
+    if card.is_dir() and facts and "nano" in stages:
         shares = mixture_shares(facts["config"])
+        second = stages["nano"]
+        second_shares = mixture_shares(second["config"], tasks=("grade", "subtype", "organ"))
         text = ["# omnipath-nano", "",
                 "OmniPath at CPU size (preset `nano`: SigLIP-style 192 px/16 + UNI-style ViT, scales (1, 2), a 6-layer",
                 "384-wide Llama, ResNet mask encoder, SAM-style decoder; 22.5 M parameters, bf16 weights), trained",
@@ -570,15 +561,19 @@ def main() -> None:
                 "- Data (the `omnipath synth patches` commands in docs/RESULTS.md): the train split of",
                 "  data/synthpath (base seed 0: 720 patches, 48 slides) and the train splits of base seeds 1 and 2",
                 "  (240 more slides). Test metrics use base seed 0's test block; no test seed is a training seed.",
-                f"- Steps: {facts['steps']} (global batch 16, AdamW lr 3e-4 cosine, fp32 on CPU, seed 0; every",
-                f"  record has weight 1; slide records are {pct(shares['slide'])} % of the mixture's {shares['records']:.0f} records,",
-                f"  grade and subtype questions {pct(shares['asked'])} %)",
-                f"- Wall time: {facts.get('wall_min', float('nan')):.0f} min on 2 CPU cores",
+                f"- Stage 1 (configs/train/nano-synthpath.yaml): {facts['steps']} steps (global batch 16, AdamW lr 3e-4",
+                f"  cosine, fp32 on CPU, seed 0; every record has weight 1; slide records are {pct(shares['slide'])} % of the",
+                f"  mixture's {shares['records']:.0f} records, grade and subtype questions {pct(shares['asked'])} %)",
+                f"- Stage 2 (configs/train/nano-synthpath-slides.yaml): {second['steps']} steps over the",
+                f"  {second_shares['records']:.0f} grade, subtype and organ questions of the training slides (lr 2e-4 cosine;",
+                "  vision tower frozen and its features cached; the LLM and projector train)",
+                f"- Wall time: {facts.get('wall_min', float('nan')):.0f} + {second.get('wall_min', float('nan')):.0f} min on 2 CPU cores",
                 "- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
                 "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",
                 "Slide rows use PGFC attention with 4 regions. Trained with `segmentation_output: mask`, the model",
                 "answers outline prompts with `<mask>` too; the `(polygons)` rows score those answers by their masks.",
-                "", "## Training configuration", "", "", "```yaml", facts["config"].strip(), "```"]
+                "", "## Training configuration", "", "Stage 1:", "", "```yaml", facts["config"].strip(), "```", "",
+                "Stage 2:", "", "```yaml", second["config"].strip(), "```"]
         (card / "README.md").write_text("\n".join(text) + "\n")
     print("wrote docs/RESULTS.md" + (" and models/omnipath-nano/README.md" if card.is_dir() else ""))
 

@@ -145,6 +145,46 @@ def test_mixture_weights_repeat_and_subsample(tmp_path, tiny):
         InstructionDataset([path, path], processor, mixture_weights=[1.0])
 
 
+def test_task_filters_keep_only_the_named_tasks_of_their_file(tmp_path, tiny):
+    _, processor = tiny
+    path = write_jsonl(_every_kind(tmp_path), tmp_path / "train.jsonl")
+    both = InstructionDataset([path, path], processor, tasks=[["grade", "organ"], []], mixture_weights=[2.0, 1.0])
+    assert len(both) == 2 * 2 + 9
+    assert sorted(both.record(i).task for i in range(len(both)) if both.index[i][0] == 0) == [
+        "grade", "grade", "organ", "organ"]
+    with pytest.raises(ValueError, match="train.jsonl has no records of the tasks \\['lymph'\\]"):
+        InstructionDataset([path], processor, tasks=[["lymph"]])
+    with pytest.raises(ValueError, match="2 JSONL files given but 1 task filters"):
+        InstructionDataset([path, path], processor, tasks=[["grade"]])
+
+
+def test_focus_boxes_give_pgfc_prompt_and_touched_token_cells(tmp_path, tiny):
+    from omnipath_lvlm.wsi.pgfc import build_conversation
+
+    model, processor = tiny
+    rng = random.Random(0)
+    img, crop = _png(tmp_path / "a.png"), _png(tmp_path / "crop.png", (32, 32))
+    g = processor.grid_size
+    box = [0.0, 0.5, 1.0 / g, 0.5 + 1.5 / g]  # the first column, rows g/2 .. g/2 + 1 (touches two cells)
+    focused = make_record("grade", img, "grade 2", rng, style="open", gt={"tumour_boxes": [box]},
+                          regions=[{"image": crop, "box": [0.1, 0.2, 0.4, 0.6]}], id="focused")
+    plain = make_record("grade", img, "grade 1", rng, style="open", id="plain")
+    path = write_jsonl([plain, focused], tmp_path / "train.jsonl")
+    data = InstructionDataset([path], processor, focus_boxes="tumour_boxes")
+    samples = [data[0], data[1]]
+    assert samples[0].focus is None and samples[1].focus is not None
+    targets = samples[1].focus_targets.view(g, g)
+    assert targets.sum() == 2 and targets[g // 2, 0] and targets[g // 2 + 1, 0]
+    question = focused.conversations[0]["value"].split("\n", 1)[1]
+    expected = processor.encode_conversation(build_conversation(question), [1], add_generation_prompt=True)
+    assert samples[1].focus.input_ids == expected.input_ids  # the prompt `omnipath analyze` scores
+    batch = data.collate(samples)
+    assert batch["focus_samples"].tolist() == [1] and batch["focus_targets"].shape == (1, g * g)
+    out = model(**model_inputs(batch))
+    assert out.focus_loss is not None and torch.isfinite(out.focus_loss)
+    assert InstructionDataset([path], processor)[1].focus is None  # off unless asked for
+
+
 def test_missing_image_truncated_line_and_unreadable_image_are_skipped(tmp_path, tiny):
     _, processor = tiny
     good = [make_record("subtype", _png(tmp_path / f"g{i}.png"), f"type {i}", random.Random(i), style="open",

@@ -17,6 +17,17 @@ def test_nano_config_trains_on_the_prepared_patch_and_slide_files(load_script):
     assert all(item.weight == 1.0 for item in config.data.train)
 
 
+def test_second_stage_asks_the_training_slides_grade_subtype_and_organ_with_a_cached_frozen_tower(load_script):
+    repro = load_script("reproduce")
+    config = load_config(ROOT / repro.SLIDE_STAGE_CONFIG, ["model.checkpoint=runs/repro/nano-base/final"])
+    config.validate(check_files=False)
+    assert sorted(str(item.path) for item in config.data.train) == sorted(
+        str(p.relative_to(ROOT)) for p in repro.slide_training_files())
+    assert all(sorted(item.tasks) == ["grade", "organ", "subtype"] for item in config.data.train)
+    assert config.data.cache_vision_features and {"vision_tower.siglip", "vision_tower.uni"} <= set(config.optim.freeze)
+    assert config.data.region_pool == load_config(ROOT / repro.NANO_CONFIG).data.region_pool  # regions as in stage 1
+
+
 def test_val_and_test_slides_come_from_blocks_no_training_file_uses(load_script):
     from omnipath_lvlm.synth.export import split_seeds
 

@@ -138,6 +138,10 @@ def test_runs_table_puts_runs_side_by_side(results):
     table = results.runs_table({"nano": a, "probe": b}).splitlines()
     assert table[0] == "| Task | nano | probe |"
     assert "| grade (closed) | 25.0 | 100.0 |" in table and "| organ (open) | 50.0 | – |" in table
+    modes = {"n": {"task": "grade (closed)", "variant": "none", "accuracy": 0.0},
+             "a": {"task": "grade (closed)", "variant": "attention", "accuracy": 0.75}}
+    assert "| grade (closed) | 75.0 |" in results.runs_table({"nano": modes}, "attention").splitlines()
+    assert "| grade (closed) | 0.0 |" in results.runs_table({"nano": modes}, "none").splitlines()
 
 
 def test_feature_probe_table_lists_each_source_and_view(results):
@@ -156,3 +160,16 @@ def test_mixture_shares_weigh_each_file(results, tmp_path):
     config = f"data:\n  train:\n    - {{path: {patch}, weight: 1.0}}\n    - {{path: {slide}, weight: 2.0}}\n"
     shares = results.mixture_shares(config)
     assert shares["records"] == 4 and shares["slide"] == 0.5 and shares["asked"] == 0.75
+
+
+def test_training_facts_read_their_own_runs_wall_time_not_a_prefix_namesakes(results, tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RUNS", tmp_path)
+    for name, loss in (("nano-base", 7.0), ("nano", 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 3, "loss": loss}) + "\n")
+    (tmp_path / "commands.log").write_text(
+        f"omnipath train a.yaml output_dir={tmp_path / 'nano-base'} train.max_steps=600\n#   63.1 min\n"
+        f"omnipath train b.yaml output_dir={tmp_path / 'nano'} logging.progress=false\n#   20.4 min\n")
+    assert results.training_facts(tmp_path / "nano-base")["wall_min"] == 63.1
+    assert results.training_facts(tmp_path / "nano")["wall_min"] == 20.4
+    assert results.training_facts(tmp_path / "nano")["last_loss"] == 0.5

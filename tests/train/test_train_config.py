@@ -86,10 +86,14 @@ def test_batch_split_is_checked_against_the_world_size(data_file):
         ("model", {"preset": None}, "set exactly one of model.preset and model.checkpoint"),
         ("train", {"max_steps": 0}, "train.max_steps must be >= 1"),
         ("logging", {"eval_every": 5}, "data.eval lists no files"),
+        ("data", {"cache_vision_features": True}, "add vision_tower.siglip and vision_tower.uni to optim.freeze"),
+        ("train", {"focus_loss_weight": 0.5}, "data.focus_boxes must name the gt field"),
+        ("train", {"focus_loss_weight": -1.0}, "train.focus_loss_weight must be >= 0"),
     ],
 )
 def test_semantic_errors(data_file, section, value, message):
-    config = config_from_dict({"data": {"train": [data_file]}, section: value})
+    config = config_from_dict({"data": {"train": [data_file]}})
+    config = config_from_dict({**config.to_dict(), section: {**config.to_dict()[section], **value}})
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         config.validate()
 
@@ -115,3 +119,17 @@ def test_cli_reports_config_errors_before_training(tmp_path, capsys, data_file):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["gradient_accumulation_steps"] == 4 and printed["optim"]["lr"] == pytest.approx(1e-5)
     assert isinstance(config_from_dict(printed), TrainConfig)
+
+
+def test_a_data_file_can_name_the_tasks_it_contributes(data_file):
+    config = config_from_dict({"data": {"train": [{"path": data_file, "tasks": ["grade", "subtype"]}, data_file]}})
+    assert config.data.train[0].tasks == ["grade", "subtype"] and config.data.train[1].tasks == []
+
+
+def test_the_feature_cache_names_the_vision_module_left_training(data_file):
+    config = config_from_dict({"data": {"train": [data_file], "cache_vision_features": True},
+                               "optim": {"freeze": ["vision_tower.siglip"]}})
+    with pytest.raises(ConfigError, match=r"add vision_tower\.uni to optim\.freeze"):
+        config.validate()
+    config.optim.freeze.append("vision_tower.uni")
+    config.validate()

@@ -84,3 +84,13 @@ def test_lora_trains_adapters_and_exports_a_merged_model(tmp_path):
     torch.manual_seed(0)
     plain, _ = build_model(_tiny())
     assert set(merged) <= set(plain.state_dict()) and "language_model.model.layers.0.self_attn.q_proj.weight" in merged
+
+
+def test_a_bf16_checkpoint_trains_from_fp32_master_weights(tmp_path):
+    """The shipped nano is saved in bf16; fine-tuning it must not run bf16 kernels the CPU lacks."""
+    model, processor = build_model(_tiny())
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    processor.save_pretrained(tmp_path / "bf16")
+    assert load_file(str(tmp_path / "bf16" / "model.safetensors"))["multi_modal_projector.linear_1.weight"].dtype == torch.bfloat16
+    loaded, _ = build_model(config_from_dict({"model": {"preset": None, "checkpoint": str(tmp_path / "bf16")}}))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}

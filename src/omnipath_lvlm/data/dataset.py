@@ -31,6 +31,7 @@ arguments of ``OmniPathForConditionalGeneration.forward`` plus bookkeeping
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -82,6 +83,8 @@ class Sample:
     mask_pixel_values: torch.Tensor  # (K_in, 1, h, h) input masks of user-turn <mask> tokens
     mask_targets: torch.Tensor  # (K_out, H, H) targets of assistant-turn <mask> tokens
     skipped: list[str] = field(default_factory=list)  # samples passed over to reach this one
+    focus: Encoded | None = None  # PGFC's prompt (question + first image alone), when the record has focus boxes
+    focus_targets: torch.Tensor | None = None  # (G*G,) bool: the first image's tokens under those boxes
 
     @property
     def image_pools(self) -> list[int]:
@@ -93,6 +96,8 @@ class InstructionDataset(Dataset):
 
     ``mixture_weights[i]`` is how many times file ``i``'s records are seen per
     epoch: 2.0 repeats the file twice, 0.5 takes a seeded random half of it.
+    ``tasks[i]``, when given and not empty, keeps only file ``i``'s records of those tasks
+    (before weighting).
     """
 
     def __init__(
@@ -104,8 +109,13 @@ class InstructionDataset(Dataset):
         region_pool: int = 3,
         seed: int = 0,
         max_length: int | None = None,
+        tasks: Sequence[Sequence[str] | None] | None = None,
+        focus_boxes: str | None = None,
     ):
         paths = [jsonl_paths] if isinstance(jsonl_paths, (str, os.PathLike)) else list(jsonl_paths)
+        keep = [None] * len(paths) if tasks is None else [set(t) if t else None for t in tasks]
+        if len(keep) != len(paths):
+            raise ValueError(f"{len(paths)} JSONL files given but {len(keep)} task filters")
         if not paths:
             raise ValueError("no JSONL files given")
         weights = [1.0] * len(paths) if mixture_weights is None else [float(w) for w in mixture_weights]
@@ -121,14 +131,19 @@ class InstructionDataset(Dataset):
         self.segmentation_output: SegmentationOutput = segmentation_output
         self.region_pool = int(region_pool)
         self.max_length = max_length
+        self.focus_boxes = focus_boxes
         self.skipped: dict[str, str] = {}  # where -> reason
         self.files: list[list[Record]] = []
-        for path in paths:
+        for path, wanted in zip(paths, keep):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"training data file {path} does not exist")
             records, problems = read_jsonl(path)
             for problem in problems:
                 self._skip(f"{path} {problem.split(':', 1)[0]}", problem.split(":", 1)[1].strip())
+            if wanted is not None:
+                records = [r for r in records if r.task in wanted]
+                if not records:
+                    raise ValueError(f"{path} has no records of the tasks {sorted(wanted)}")
             self.files.append(records)
         self.index = _mixture_index([len(r) for r in self.files], weights, seed)  # [(file, record)]
         if not self.index:
@@ -185,7 +200,10 @@ class InstructionDataset(Dataset):
         if n_out != len(targets):
             raise ValueError(f"{len(targets)} mask targets for {n_out} assistant-turn {MASK_TOKEN} tokens")
         size = proc.mask_target_size
+        focus, focus_targets = self._focus(record, conversation)  # before the regions' placeholders
         return Sample(
+            focus=focus,
+            focus_targets=focus_targets,
             id=record.id,
             task=record.task,
             encoded=encoded,
@@ -195,6 +213,30 @@ class InstructionDataset(Dataset):
             mask_targets=proc.preprocess_masks([t if isinstance(t, np.ndarray) else _read_mask(t) for t in targets],
                                                size, "mask target"),
         )
+
+    def _focus(self, record: Record, conversation: list[dict[str, str]]) -> tuple[Encoded | None, torch.Tensor | None]:
+        """PGFC's prompt for this record and its target tokens, when ``gt[focus_boxes]`` lists boxes.
+
+        The prompt is the first question with the main image alone, as ``omnipath analyze`` scores
+        it; the targets are the main image's token cells (image stretched to a square) that a box
+        (relative x1, y1, x2, y2) touches.
+        """
+        boxes = record.gt.get(self.focus_boxes) if self.focus_boxes else None
+        if not boxes:
+            return None, None
+        first = record.conversations[0]["value"]  # the record's own first turn: no region placeholders yet
+        if first.count(IMAGE_TOKEN) != 1 or MASK_TOKEN in first:
+            return None, None
+        g = self.processor.grid_size
+        grid = torch.zeros(g, g, dtype=torch.bool)
+        for box in boxes:
+            x1, y1, x2, y2 = (min(max(float(v), 0.0), 1.0) for v in box)
+            c1, r1 = min(int(x1 * g), g - 1), min(int(y1 * g), g - 1)
+            c2, r2 = max(c1 + 1, math.ceil(x2 * g)), max(r1 + 1, math.ceil(y2 * g))
+            grid[r1:r2, c1:c2] = True
+        encoded = self.processor.encode_conversation([{"from": conversation[0]["from"], "value": first}], image_pools=[1],
+                                                     add_generation_prompt=True)
+        return encoded, grid.flatten()
 
     def _main_image(self, record: Record) -> Image.Image:
         if record.image is not None:
@@ -264,6 +306,13 @@ class InstructionDataset(Dataset):
             batch["mask_input_positions"] = padded["mask_input_positions"]  # (B, L)
         if any(len(s.mask_targets) for s in samples):
             batch["mask_targets"] = torch.cat([s.mask_targets for s in samples])  # (K_out, H, H)
+        focused = [i for i, s in enumerate(samples) if s.focus is not None]
+        if focused:
+            prompts = pad_batch([samples[i].focus for i in focused], self.processor.tokenizer.pad_token_id, left=True)
+            batch["focus_input_ids"] = prompts["input_ids"]  # (B_f, L_f), left-padded
+            batch["focus_attention_mask"] = prompts["attention_mask"]  # (B_f, L_f)
+            batch["focus_samples"] = torch.tensor(focused, dtype=torch.long)  # (B_f,)
+            batch["focus_targets"] = torch.stack([samples[i].focus_targets for i in focused])  # (B_f, G*G)
         batch["tasks"] = [s.task for s in samples]
         batch["ids"] = [s.id for s in samples]
         batch["skipped"] = [reason for s in samples for reason in s.skipped]

@@ -4,6 +4,7 @@ The path of one batch (transformers v5 Llava convention)::
 
     input_ids (B, L)            each image already expanded into N image-token ids by the processor
     pixel_values (N_img, 3, S, S)    -> vision tower (N_img, g*g, F) -> per-image pooling
+      (or vision_features (N_img, g*g, F): a frozen tower's output, cached)
                                      -> projector (N_tok, D) -> replaces the image-token embeddings
     mask_pixel_values (K_in, 1, H, W) -> mask encoder (K_in, D) -> replaces prompt `<mask>` embeddings
     LLM -> hidden (B, L, D) -> logits (B, L, V)
@@ -25,6 +26,7 @@ from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
 from transformers.utils import ModelOutput
 
 from omnipath_lvlm.config import OmniPathConfig, pooled_grid_side
+from omnipath_lvlm.model.focus import first_layer_attention, focus_loss
 from omnipath_lvlm.model.mask import MaskEncoder, build_mask_head, mask_losses
 from omnipath_lvlm.model.projector import MultiModalProjector
 from omnipath_lvlm.model.vision import build_vision_tower
@@ -63,6 +65,7 @@ class OmniPathOutput(ModelOutput):
     mask_dice: torch.Tensor | None = None
     pred_masks: torch.Tensor | None = None  # (K_out, 1, 4g, 4g) logits
     encoded_images: EncodedImages | None = None
+    focus_loss: torch.Tensor | None = None  # not part of `loss`: the training recipe weighs it
 
 
 @dataclass
@@ -123,9 +126,27 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         return self.language_model.get_decoder()
 
     # ------------------------------------------------------------------ images
-    def encode_images(self, pixel_values: torch.Tensor, image_pool: torch.Tensor | list[int] | None = None) -> EncodedImages:
-        """Encode (N_img, 3, S, S) images; ``image_pool[i] > 1`` average-pools image i's token grid."""
-        features = self.vision_tower(pixel_values.to(self.dtype))  # (N_img, g*g, F)
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_pool: torch.Tensor | list[int] | None = None,
+        vision_features: torch.Tensor | None = None,
+    ) -> EncodedImages:
+        """Encode (N_img, 3, S, S) images; ``image_pool[i] > 1`` average-pools image i's token grid.
+
+        ``vision_features`` (N_img, g*g, F), the vision tower's output computed earlier (a frozen
+        tower's cache, see ``omnipath_lvlm.train.feature_cache``), replaces ``pixel_values``.
+        """
+        if (pixel_values is None) == (vision_features is None):
+            raise ValueError("give exactly one of pixel_values and vision_features")
+        if vision_features is not None:
+            g2 = self.config.vision_config.grid_size ** 2
+            if vision_features.dim() != 3 or vision_features.shape[1] != g2:
+                raise ValueError(f"vision_features must be (N_img, {g2}, F) as the vision tower returns them, "
+                                 f"got {tuple(vision_features.shape)}")
+            features = vision_features.to(self.dtype)
+        else:
+            features = self.vision_tower(pixel_values.to(self.dtype))  # (N_img, g*g, F)
         n_img = features.shape[0]
         pools = [1] * n_img if image_pool is None else [int(p) for p in image_pool]
         if len(pools) != n_img:
@@ -164,6 +185,7 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_pool: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
@@ -173,6 +195,10 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         mask_pixel_values: torch.Tensor | None = None,
         mask_input_positions: torch.Tensor | None = None,
         mask_targets: torch.Tensor | None = None,
+        focus_input_ids: torch.LongTensor | None = None,
+        focus_attention_mask: torch.Tensor | None = None,
+        focus_samples: torch.LongTensor | None = None,
+        focus_targets: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -183,8 +209,8 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         if input_ids is not None and input_ids.shape[-1] == 0:
             raise ValueError("the prompt is empty: input_ids has no tokens")
         prefill = cache is None or cache.get_seq_length() == 0
-        if prefill and pixel_values is not None and encoded_images is None:
-            encoded_images = self.encode_images(pixel_values, image_pool)
+        if prefill and encoded_images is None and (pixel_values is not None or vision_features is not None):
+            encoded_images = self.encode_images(pixel_values, image_pool, vision_features)
         if inputs_embeds is None:
             if prefill:
                 inputs_embeds = self.embed_inputs(input_ids, encoded_images, mask_pixel_values, mask_input_positions)
@@ -221,6 +247,12 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
             mc = self.config.mask_config
             mask_loss = mc.bce_weight * bce + mc.dice_weight * dice
             loss = mask_loss if loss is None else loss + mask_loss
+        focus = None
+        if focus_input_ids is not None:
+            if input_ids is None or encoded_images is None or focus_targets is None or focus_samples is None:
+                raise ValueError("focus prompts need input_ids, images, focus_samples and focus_targets")
+            focus = self.compute_focus_loss(input_ids, encoded_images, focus_input_ids, focus_attention_mask, focus_samples,
+                                    focus_targets)
         return OmniPathOutput(
             loss=loss,
             logits=logits,
@@ -231,7 +263,44 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
             mask_dice=dice,
             pred_masks=pred_masks,
             encoded_images=encoded_images,
+            focus_loss=focus,
         )
+
+    def compute_focus_loss(
+        self,
+        input_ids: torch.LongTensor,
+        encoded_images: EncodedImages,
+        focus_input_ids: torch.LongTensor,
+        focus_attention_mask: torch.Tensor | None,
+        focus_samples: torch.LongTensor,
+        focus_targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """The focus loss (``omnipath_lvlm.model.focus``) of PGFC's prompts for some samples of the batch.
+
+        ``focus_input_ids`` (B_f, L_f), left-padded: each the question with its sample's first image
+        (the thumbnail) alone, ending with the generation prompt; ``focus_samples`` (B_f,): which
+        sample of ``input_ids`` each belongs to; ``focus_targets`` (B_f, N): that image's target tokens.
+        """
+        first = self._first_image_of_each_sample(input_ids, encoded_images.tokens_per_image)
+        starts = [0]
+        for n in encoded_images.tokens_per_image:
+            starts.append(starts[-1] + n)
+        parts, counts = [], []
+        for sample in focus_samples.tolist():
+            image = first[sample]
+            if image is None:
+                raise ValueError(f"sample {sample} has a focus target but no image")
+            parts.append(encoded_images.tokens[starts[image]:starts[image + 1]])
+            counts.append(encoded_images.tokens_per_image[image])
+        thumbnails = EncodedImages(features=encoded_images.features[:0], tokens=torch.cat(parts), tokens_per_image=counts)
+        embeds = self.embed_inputs(focus_input_ids, thumbnails)  # (B_f, L_f, D)
+        rows, length = focus_input_ids.shape
+        last = torch.full((rows, 1), length - 1, dtype=torch.long, device=embeds.device)  # left padding: the last token
+        attention = first_layer_attention(self.decoder, embeds, focus_attention_mask, last)[:, 0]  # (B_f, L_f)
+        is_image = focus_input_ids == self.config.image_token_id  # (B_f, L_f)
+        if len(set(counts)) != 1 or focus_targets.shape != (rows, counts[0]):
+            raise ValueError(f"focus targets {tuple(focus_targets.shape)} must cover each thumbnail's {counts} tokens")
+        return focus_loss(attention[is_image].view(rows, counts[0]), focus_targets.bool())
 
     def embed_inputs(
         self,
@@ -302,7 +371,8 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
     def prepare_inputs_for_generation(self, input_ids, cache=None, is_first_iteration=False, **kwargs):
         # images and input masks are consumed by the prefill only
         if not is_first_iteration and kwargs.get("use_cache", True):
-            for key in ("pixel_values", "image_pool", "encoded_images", "mask_pixel_values", "mask_input_positions"):
+            for key in ("pixel_values", "image_pool", "vision_features", "encoded_images", "mask_pixel_values",
+                        "mask_input_positions"):
                 kwargs.pop(key, None)
         return super().prepare_inputs_for_generation(
             input_ids, cache=cache, is_first_iteration=is_first_iteration, **kwargs

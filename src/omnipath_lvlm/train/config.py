@@ -48,6 +48,7 @@ class ModelSection:
 class DataFile:
     path: str
     weight: float = 1.0  # times the file's records are seen per epoch
+    tasks: list[str] = field(default_factory=list)  # only these tasks' records (empty: all)
 
 
 @dataclass
@@ -59,6 +60,11 @@ class DataSection:
     max_length: int | None = None
     num_workers: int = 0
     shuffle: bool = True
+    # reuse the frozen vision tower's output per image across epochs (needs the tower in optim.freeze)
+    cache_vision_features: bool = False
+    # the gt field of boxes (relative x1, y1, x2, y2 of the main image) where a record's answer lies;
+    # with train.focus_loss_weight > 0, PGFC's first-layer attention is trained towards them
+    focus_boxes: str | None = None
 
 
 @dataclass
@@ -97,6 +103,7 @@ class TrainSection:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is present
+    focus_loss_weight: float = 0.0  # weight of the focus loss (omnipath_lvlm.model.focus); needs data.focus_boxes
 
 
 @dataclass
@@ -177,6 +184,14 @@ class TrainConfig:
         for name in self.lora.train_modules:
             if name not in MODULE_NAMES:
                 raise ConfigError(f"lora.train_modules names unknown module {name!r}; modules: {', '.join(MODULE_NAMES)}")
+        if t.focus_loss_weight < 0 or (t.focus_loss_weight > 0 and not d.focus_boxes):
+            raise ConfigError(f"train.focus_loss_weight must be >= 0 and, when > 0, data.focus_boxes must name the gt "
+                              f"field of the boxes to focus on (got {t.focus_loss_weight}, {d.focus_boxes!r})")
+        tower = ("vision_tower.siglip", "vision_tower.uni")
+        if d.cache_vision_features and not set(tower) <= set(o.freeze):
+            missing = [name for name in tower if name not in o.freeze]
+            raise ConfigError(f"data.cache_vision_features needs a frozen vision tower: add {' and '.join(missing)} "
+                              f"to optim.freeze (a training tower's cached features would go stale)")
         if set(o.freeze) == set(MODULE_NAMES) and not self.lora.enabled:
             raise ConfigError("optim.freeze freezes every module: nothing would train")
         if o.lr <= 0 or any(lr <= 0 for lr in o.module_lr.values()):

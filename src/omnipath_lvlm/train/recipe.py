@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from omnipath_lvlm.data.dataset import InstructionDataset, model_inputs
+from omnipath_lvlm.train.feature_cache import VisionFeatureCache
 from omnipath_lvlm.train.config import MODULE_NAMES, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ class Trainer:
         set_seed(config.train.seed)
 
         self.model, self.processor = build_model(config)
-        self.train_data = self._dataset([f.path for f in config.data.train], [f.weight for f in config.data.train])
+        self.train_data = self._dataset([f.path for f in config.data.train], [f.weight for f in config.data.train],
+                                        [f.tasks for f in config.data.train])
         self.eval_data = self._dataset(list(config.data.eval), None) if config.data.eval else None
         tasks = set(self.train_data.task_names) | set(self.eval_data.task_names if self.eval_data else [])
         self.task_names = sorted(tasks)
@@ -128,6 +130,8 @@ class Trainer:
         scheduler = build_scheduler(optimizer, config, self.total_steps)
         prepared = acc.prepare(self.model, optimizer, train_loader, scheduler, *([eval_loader] if eval_loader else []))
         self.model, self.optimizer, self.train_loader, self.scheduler = prepared[:4]
+        self.feature_cache = (VisionFeatureCache(_omnipath_model(acc.unwrap_model(self.model)).vision_tower)
+                              if config.data.cache_vision_features else None)
         self.eval_loader = prepared[4] if eval_loader else None
         self.state = TrainState()
         self.history: list[dict[str, Any]] = []
@@ -136,14 +140,31 @@ class Trainer:
         self._no_tensorboard = False
 
     # ------------------------------------------------------------------ setup helpers
-    def _dataset(self, paths: list[str], weights: list[float] | None) -> InstructionDataset:
+    def _dataset(self, paths: list[str], weights: list[float] | None,
+                 tasks: list[list[str]] | None = None) -> InstructionDataset:
         d = self.config.data
-        return InstructionDataset(paths, self.processor, mixture_weights=weights, segmentation_output=d.segmentation_output,
+        focus = d.focus_boxes if self.config.train.focus_loss_weight > 0 else None
+        return InstructionDataset(paths, self.processor, mixture_weights=weights, tasks=tasks, focus_boxes=focus,
+                                  segmentation_output=d.segmentation_output,
                                   region_pool=d.region_pool, seed=self.config.train.seed, max_length=d.max_length)
 
     def _loader(self, dataset: InstructionDataset, sampler: Sampler[int], drop_last: bool = True) -> DataLoader:
         return DataLoader(dataset, batch_size=self.config.train.per_device_batch_size, sampler=sampler,
                           collate_fn=dataset.collate, num_workers=self.config.data.num_workers, drop_last=drop_last)
+
+    def _objective(self, out) -> torch.Tensor:
+        """What the optimiser minimises: the model's loss plus the weighted focus loss (when the batch has any)."""
+        weight = self.config.train.focus_loss_weight
+        if weight and out.focus_loss is not None:
+            return out.loss + weight * out.focus_loss
+        return out.loss
+
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The model's keyword arguments; with the feature cache, cached tower outputs replace the pixels."""
+        inputs = model_inputs(batch)
+        if self.feature_cache is not None and "pixel_values" in inputs:
+            inputs["vision_features"] = self.feature_cache(inputs.pop("pixel_values"))
+        return inputs
 
     @property
     def is_main(self) -> bool:
@@ -173,8 +194,8 @@ class Trainer:
                 loader = acc.skip_first_batches(loader, self.state.batches_in_epoch)
             for batch in loader:
                 with acc.accumulate(model):
-                    out = model(**model_inputs(batch), use_cache=False)
-                    acc.backward(out.loss)
+                    out = model(**self._inputs(batch), use_cache=False)
+                    acc.backward(self._objective(out))
                     if acc.sync_gradients and cfg.optim.max_grad_norm:
                         acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
                     self.optimizer.step()
@@ -227,7 +248,7 @@ class Trainer:
         self._evaluated_at = self.state.step
         meter = self._meter()
         for batch in self.eval_loader:
-            meter.add(batch, self.model(**model_inputs(batch), use_cache=False))
+            meter.add(batch, self.model(**self._inputs(batch), use_cache=False))
         return self._log(meter, "eval")
 
     # ------------------------------------------------------------------ logging
@@ -356,7 +377,9 @@ def build_model(config: TrainConfig):
     m = config.model
     extra = {} if m.attn_implementation is None else {"attn_implementation": m.attn_implementation}
     if m.checkpoint is not None:
-        model = OmniPathForConditionalGeneration.from_pretrained(m.checkpoint, **extra)
+        # fp32 master weights, as a preset is built: accelerate's autocast gives bf16/fp16 compute, and
+        # a bf16 checkpoint (the shipped nano) would otherwise train in bf16 on CPUs that lack its kernels
+        model = OmniPathForConditionalGeneration.from_pretrained(m.checkpoint, dtype=torch.float32, **extra)
         processor = OmniPathProcessor.from_pretrained(m.checkpoint)
     else:
         model_config = OmniPathConfig.from_name(m.preset, **m.overrides)
@@ -391,6 +414,11 @@ def _with_lora(model, config: TrainConfig):
         if module is not None:
             module.requires_grad_(True)
     return wrapped
+
+
+def _omnipath_model(model):
+    """The OmniPath model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _submodule(model, name: str):
@@ -457,7 +485,7 @@ def _progress(total: int, initial: int, disable: bool):
 class _LossMeter:
     """Sums of the loss parts, overall and per task, since the last log (reduced over processes)."""
 
-    PARTS = ("loss", "lm_loss", "mask_bce", "mask_dice")
+    PARTS = ("loss", "lm_loss", "mask_bce", "mask_dice", "focus_loss")
 
     def __init__(self, task_names: list[str], device: torch.device, mask_token_id: int):
         self.mask_token_id = mask_token_id

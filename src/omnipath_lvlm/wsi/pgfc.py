@@ -27,10 +27,10 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 from PIL import Image
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from omnipath_lvlm.config import IMAGE_TOKEN
 from omnipath_lvlm.model import EncodedImages
+from omnipath_lvlm.model.focus import first_layer_attention as layer0_attention
 
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2)
 Mode = Literal["attention", "random", "none"]
@@ -99,62 +99,24 @@ def prompt_embeddings(model, input_ids: torch.Tensor, encoded: EncodedImages, ma
 def first_layer_attention(
     model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, query_positions: Sequence[int]
 ) -> torch.Tensor:
-    """Head-averaged attention of the LLM's first layer for some query positions: (Q, L).
+    """Head-averaged attention of the LLM's first layer for some query positions of one prompt: (Q, L).
 
-    Computes only what those rows need: the first layer's input norm, keys for the whole
-    sequence and queries for ``query_positions``, rotary embeddings (positions 0..L-1, as the
-    decoder uses when no position ids are given), q/k norms when the layer has them, grouped
-    key/value heads repeated, then a causal softmax that honours ``attention_mask`` (1 = real
-    token) and a sliding window when the layer has one. Batch size must be 1.
+    ``inputs_embeds`` (1, L, D); see :func:`omnipath_lvlm.model.focus.first_layer_attention` (which
+    this calls without gradients) for what is computed.
     """
     if inputs_embeds.ndim != 3 or inputs_embeds.shape[0] != 1:
         raise ValueError(f"inputs_embeds must be (1, L, D) (one prompt), got shape {tuple(inputs_embeds.shape)}")
     length = inputs_embeds.shape[1]
-    positions = torch.as_tensor(list(query_positions), dtype=torch.long, device=inputs_embeds.device)  # (Q,)
-    if positions.numel() == 0 or int(positions.min()) < 0 or int(positions.max()) >= length:
-        raise ValueError(f"query positions {list(query_positions)} must be non-empty and inside 0..{length - 1}")
-    decoder = model.decoder
-    layer = decoder.layers[0]
-    attn = getattr(layer, "self_attn", None)
-    if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "head_dim", "scaling")):
-        raise ValueError(f"{type(layer).__name__} is not a Llama-family decoder layer (q_proj/k_proj/head_dim/scaling)")
-    head_dim = int(attn.head_dim)
-
+    positions = list(query_positions)
+    if not positions or min(positions) < 0 or max(positions) >= length:
+        raise ValueError(f"query positions {positions} must be non-empty and inside 0..{length - 1}")
+    mask = None
+    if attention_mask is not None:
+        mask = attention_mask.reshape(1, -1)
+        if mask.shape[1] != length:
+            raise ValueError(f"attention_mask has {mask.numel()} entries but the prompt has {length} tokens")
     with torch.no_grad():
-        hidden = layer.input_layernorm(inputs_embeds)  # (1, L, D)
-        keys = attn.k_proj(hidden).view(1, length, -1, head_dim)  # (1, L, H_kv, hd)
-        queries = attn.q_proj(hidden[:, positions]).view(1, len(positions), -1, head_dim)  # (1, Q, H, hd)
-        if hasattr(attn, "k_norm") and hasattr(attn, "q_norm"):
-            keys, queries = attn.k_norm(keys), attn.q_norm(queries)
-        keys, queries = keys.transpose(1, 2), queries.transpose(1, 2)  # (1, H_kv, L, hd), (1, H, Q, hd)
-
-        position_ids = torch.arange(length, device=inputs_embeds.device).unsqueeze(0)  # (1, L)
-        cos, sin = decoder.rotary_emb(hidden, position_ids=position_ids)  # (1, L, hd) each
-        queries, _ = apply_rotary_pos_emb(queries, queries, cos[:, positions], sin[:, positions])
-        _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
-        n_heads, n_kv = queries.shape[1], keys.shape[1]
-        if n_heads % n_kv:
-            raise ValueError(f"{n_heads} query heads cannot share {n_kv} key/value heads")
-        keys = keys.repeat_interleave(n_heads // n_kv, dim=1)  # (1, H, L, hd)
-
-        logits = torch.matmul(queries, keys.transpose(2, 3)).float() * float(attn.scaling)  # (1, H, Q, L)
-        key_index = torch.arange(length, device=inputs_embeds.device)
-        allowed = key_index[None, :] <= positions[:, None]  # (Q, L) causal
-        # Qwen2-style layers carry their own window (None on full-attention layers); Mistral reads its config
-        if hasattr(attn, "sliding_window"):
-            window = attn.sliding_window
-        else:
-            window = getattr(getattr(attn, "config", None), "sliding_window", None)
-        if window:
-            allowed &= key_index[None, :] > positions[:, None] - int(window)
-        if attention_mask is not None:
-            mask = attention_mask.reshape(-1).to(device=inputs_embeds.device).bool()
-            if mask.numel() != length:
-                raise ValueError(f"attention_mask has {mask.numel()} entries but the prompt has {length} tokens")
-            allowed &= mask[None, :]
-        logits = logits.masked_fill(~allowed[None, None], float("-inf"))
-        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (1, H, Q, L); a fully masked row gives zeros
-    return weights.mean(dim=1)[0]  # (Q, L)
+        return layer0_attention(model.decoder, inputs_embeds, mask, torch.tensor([positions]))[0]  # (Q, L)
 
 
 def last_token_image_attention(

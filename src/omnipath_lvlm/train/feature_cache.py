@@ -1,0 +1,85 @@
+"""A frozen vision tower's output, computed once per image and reused in every later epoch.
+
+With ``optim.freeze`` naming the whole vision tower, its output for an image never changes during a
+run, yet a plain loop recomputes it at every sighting of every image: the tower is most of a step's
+cost for records with many images (a slide's thumbnail plus its detail regions). With
+``data.cache_vision_features: true`` the recipe passes each batch's ``pixel_values`` through
+:class:`VisionFeatureCache` and hands the model ``vision_features`` instead; the model then pools,
+projects and trains exactly as it would on the tower's fresh output.
+
+Images are keyed by their preprocessed pixels (a BLAKE2 digest of the tensor's bytes, shape and
+dtype), so a key can only match the same input, whatever file or record it came from. Features are
+computed with the tower in eval mode, without gradients, and kept on the CPU.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    bytes: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        seen = self.hits + self.misses
+        return self.hits / seen if seen else 0.0
+
+
+def image_key(image: torch.Tensor) -> str:
+    """A digest that names one preprocessed image (3, S, S) by its values, shape and dtype."""
+    data = image.detach().contiguous().cpu()
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{tuple(data.shape)}|{data.dtype}".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+class VisionFeatureCache:
+    """``cache(pixel_values)`` -> the tower's output (N_img, g*g, F), computing only unseen images.
+
+    ``tower`` must not train: a cache of a tower that changes would hand the model stale features,
+    so the constructor refuses a tower with any parameter that requires grad.
+    """
+
+    def __init__(self, tower: nn.Module):
+        trainable = [name for name, p in tower.named_parameters() if p.requires_grad]
+        if trainable:
+            raise ValueError(f"the vision feature cache needs a frozen vision tower, but {len(trainable)} of its "
+                             f"parameters train (first: {trainable[0]}); freeze vision_tower.siglip and "
+                             f"vision_tower.uni in optim.freeze")
+        self.tower = tower
+        self.store: dict[str, torch.Tensor] = {}
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @torch.no_grad()
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N_img, 3, S, S) -> (N_img, g*g, F) on ``pixel_values``' device."""
+        keys = [image_key(image) for image in pixel_values]
+        unseen = list(dict.fromkeys(k for k in keys if k not in self.store))  # each once, in order
+        if unseen:
+            first = {k: keys.index(k) for k in unseen}
+            rows = torch.stack([pixel_values[first[k]] for k in unseen])
+            was_training = self.tower.training
+            self.tower.eval()
+            try:
+                dtype = next(self.tower.parameters()).dtype
+                features = self.tower(rows.to(dtype))  # (N_new, g*g, F)
+            finally:
+                self.tower.train(was_training)
+            for k, f in zip(unseen, features):
+                stored = f.detach().to("cpu", copy=True)
+                self.store[k] = stored
+                self.stats.bytes += stored.numel() * stored.element_size()
+        self.stats.misses += len(unseen)
+        self.stats.hits += len(keys) - len(unseen)
+        return torch.stack([self.store[k] for k in keys]).to(pixel_values.device)
