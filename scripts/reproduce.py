@@ -9,7 +9,8 @@ run resumes. Budget knobs (environment variables, defaults sized for a 2-core CP
     REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
                  "after" also measures where A_last falls (scripts/attention_stats.py) and probes
                  the image features for slide labels (scripts/feature_probe.py);
-                 add "val" to evaluate on validation slides (base seed 1's val block))
+                 add "val" to evaluate on validation slides (base seed 1's val block) and "compare"
+                 to evaluate nano's first stage on the test questions too, about 7 min)
 
     .venv/bin/python scripts/reproduce.py
 
@@ -22,7 +23,8 @@ Runs:
 - `nano`: the shipped model, in two stages. `nano-base`: configs/train/nano-synthpath.yaml as it is
   (patch records of data/synthpath, slide records of all the training slides), REPRO_STEPS steps.
   `nano`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides' grade,
-  subtype and organ questions, four passes, vision tower frozen and cached). Evaluated on the patch
+  subtype and organ questions and a quarter of the patch records, four passes, vision tower frozen
+  and cached, focus loss on the slides' tumours). Evaluated on the patch
   test records and, for the PGFC ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test
   seed block).
 - `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all with the uniform
@@ -244,10 +246,6 @@ def main() -> int:
         evaluate(nano, val_questions(), RUNS / "eval-nano-val-slides", ["none", "attention", "record"])
     if "eval" in STAGES:
         evaluate(nano, DATA / "test-patch.jsonl", RUNS / "eval-nano", ["none"])
-        # what the second stage changed: the first stage's model on the same patch and slide questions
-        base = RUNS / "nano-base" / "final"
-        evaluate(base, DATA / "test-patch.jsonl", RUNS / "eval-nano-base", ["none"])
-        evaluate(base, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-base-slides", ["attention"])
         evaluate(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides", ["none", "random", "attention"])
         evaluate(nano, SLIDE_TEST / "test-boxes.jsonl", RUNS / "eval-nano-slide-boxes", ["attention"])
         # diagnostic: the regions the records list (2 on tumour, 2 on other tissue, as in training)
@@ -260,6 +258,10 @@ def main() -> int:
         run([sys.executable, "scripts/feature_probe.py", str(untrained_nano()), str(nano),
              "--fit", str(extra_slides_dir(EXTRA_SEEDS[0]).relative_to(ROOT)), "--score", str(SLIDE_TEST.relative_to(ROOT)),
              "--out", str(RUNS / "feature_probe.json")])
+    if "compare" in STAGES:  # optional: what the second stage changed (the first stage on the same questions)
+        base = RUNS / "nano-base" / "final"
+        evaluate(base, DATA / "test-patch.jsonl", RUNS / "eval-nano-base", ["none"])
+        evaluate(base, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-base-slides", ["attention"])
     if "ablations" in STAGES:
         for name, overrides in ABLATIONS.items():
             final = train(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,))

@@ -42,18 +42,27 @@ def training_facts(run: Path) -> dict:
     return facts
 
 
+def minutes(facts: dict | None) -> str:
+    """A run's wall time as "N min", or "not measured here" when its run or time is missing."""
+    return f"{facts['wall_min']:.0f} min" if facts and "wall_min" in facts else "not measured here"
+
+
 def mixture_shares(config_yaml: str, tasks: tuple[str, ...] = ("grade", "subtype")) -> dict[str, float]:
-    """Weighted shares of slide records and of `tasks`' records in a training config's mixture."""
+    """Weighted shares of slide records and of `tasks`' records in a training config's mixture
+    (honouring each file's own task filter, as the training dataset does)."""
     import yaml
 
     total = slides = asked = 0.0
     for entry in yaml.safe_load(config_yaml)["data"]["train"]:
         path = Path(entry["path"]) if Path(entry["path"]).is_absolute() else ROOT / entry["path"]
+        weight, kept = entry.get("weight", 1.0), set(entry.get("tasks") or [])
         for line in path.read_text().splitlines():
             rec = json.loads(line)
-            total += entry["weight"]
-            slides += entry["weight"] * ("slide" in rec)
-            asked += entry["weight"] * (rec["task"] in tasks)
+            if kept and rec["task"] not in kept:
+                continue
+            total += weight
+            slides += weight * ("slide" in rec)
+            asked += weight * (rec["task"] in tasks)
     return {"records": total, "slide": slides / max(total, 1), "asked": asked / max(total, 1)}
 
 
@@ -549,8 +558,11 @@ def main() -> None:
     card = ROOT / "models" / "omnipath-nano"
     card_metrics = metrics_table({**(load_summaries(nano_eval) if (nano_eval / "summary.json").is_file() else {}),
                                   **(load_summaries(slide_eval) if (slide_eval / "summary.json").is_file() else {})})
-    if card.is_dir() and facts and "nano" in stages:
-        shares = mixture_shares(facts["config"])
+    if card.is_dir() and "nano" in stages:
+        first_config = facts["config"] if facts else (ROOT / "configs" / "train" / "nano-synthpath.yaml").read_text()
+        shares = mixture_shares(first_config)
+        first_steps = (f"{facts['steps']} steps" if facts else
+                       "trained by an earlier session whose run folder is not in runs/repro/ (docs/RESULTS.md, History);")
         second = stages["nano"]
         second_shares = mixture_shares(second["config"], tasks=("grade", "subtype", "organ"))
         text = ["# omnipath-nano", "",
@@ -561,18 +573,19 @@ def main() -> None:
                 "- Data (the `omnipath synth patches` commands in docs/RESULTS.md): the train split of",
                 "  data/synthpath (base seed 0: 720 patches, 48 slides) and the train splits of base seeds 1 and 2",
                 "  (240 more slides). Test metrics use base seed 0's test block; no test seed is a training seed.",
-                f"- Stage 1 (configs/train/nano-synthpath.yaml): {facts['steps']} steps (global batch 16, AdamW lr 3e-4",
+                f"- Stage 1 (configs/train/nano-synthpath.yaml): {first_steps} (global batch 16, AdamW lr 3e-4",
                 f"  cosine, fp32 on CPU, seed 0; every record has weight 1; slide records are {pct(shares['slide'])} % of the",
                 f"  mixture's {shares['records']:.0f} records, grade and subtype questions {pct(shares['asked'])} %)",
-                f"- Stage 2 (configs/train/nano-synthpath-slides.yaml): {second['steps']} steps over the",
-                f"  {second_shares['records']:.0f} grade, subtype and organ questions of the training slides (lr 2e-4 cosine;",
-                "  vision tower frozen and its features cached; the LLM and projector train)",
-                f"- Wall time: {facts.get('wall_min', float('nan')):.0f} + {second.get('wall_min', float('nan')):.0f} min on 2 CPU cores",
+                f"- Stage 2 (configs/train/nano-synthpath-slides.yaml): {second['steps']} steps over",
+                f"  {second_shares['records']:.0f} records per pass: the training slides' grade, subtype and organ questions",
+                f"  ({pct(second_shares['slide'])} %) and a quarter of the patch records, replayed (lr 2e-4 cosine; vision tower",
+                "  frozen and its features cached; focus loss weight 0.5; the LLM and projector train)",
+                f"- Wall time on 2 CPU cores: stage 1 {minutes(facts)}, stage 2 {minutes(second)}",
                 "- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
                 "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",
                 "Slide rows use PGFC attention with 4 regions. Trained with `segmentation_output: mask`, the model",
                 "answers outline prompts with `<mask>` too; the `(polygons)` rows score those answers by their masks.",
-                "", "## Training configuration", "", "Stage 1:", "", "```yaml", facts["config"].strip(), "```", "",
+                "", "## Training configuration", "", "Stage 1:", "", "```yaml", first_config.strip(), "```", "",
                 "Stage 2:", "", "```yaml", second["config"].strip(), "```"]
         (card / "README.md").write_text("\n".join(text) + "\n")
     print("wrote docs/RESULTS.md" + (" and models/omnipath-nano/README.md" if card.is_dir() else ""))

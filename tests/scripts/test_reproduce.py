@@ -21,9 +21,12 @@ def test_second_stage_asks_the_training_slides_grade_subtype_and_organ_with_a_ca
     repro = load_script("reproduce")
     config = load_config(ROOT / repro.SLIDE_STAGE_CONFIG, ["model.checkpoint=runs/repro/nano-base/final"])
     config.validate(check_files=False)
-    assert sorted(str(item.path) for item in config.data.train) == sorted(
-        str(p.relative_to(ROOT)) for p in repro.slide_training_files())
-    assert all(sorted(item.tasks) == ["grade", "organ", "subtype"] for item in config.data.train)
+    slides = [item for item in config.data.train if item.tasks]
+    assert sorted(str(item.path) for item in slides) == sorted(str(p.relative_to(ROOT)) for p in repro.slide_training_files())
+    assert all(sorted(item.tasks) == ["grade", "organ", "subtype"] and item.weight == 1.0 for item in slides)
+    replay = [item for item in config.data.train if not item.tasks]  # patch records, so that patch tasks are kept
+    assert [str(item.path) for item in replay] == [str((repro.DATA / "train-patch.jsonl").relative_to(ROOT))]
+    assert 0 < replay[0].weight < 1
     assert config.data.cache_vision_features and {"vision_tower.siglip", "vision_tower.uni"} <= set(config.optim.freeze)
     assert config.data.region_pool == load_config(ROOT / repro.NANO_CONFIG).data.region_pool  # regions as in stage 1
 

@@ -160,6 +160,9 @@ def test_mixture_shares_weigh_each_file(results, tmp_path):
     config = f"data:\n  train:\n    - {{path: {patch}, weight: 1.0}}\n    - {{path: {slide}, weight: 2.0}}\n"
     shares = results.mixture_shares(config)
     assert shares["records"] == 4 and shares["slide"] == 0.5 and shares["asked"] == 0.75
+    filtered = f"data:\n  train:\n    - {{path: {patch}, weight: 0.5}}\n    - {{path: {patch}, tasks: [organ]}}\n"
+    shares = results.mixture_shares(filtered, tasks=("organ",))
+    assert shares["records"] == 2 and shares["asked"] == 0.75 and shares["slide"] == 0
 
 
 def test_training_facts_read_their_own_runs_wall_time_not_a_prefix_namesakes(results, tmp_path, monkeypatch):
