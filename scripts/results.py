@@ -562,7 +562,7 @@ def main() -> None:
         first_config = facts["config"] if facts else (ROOT / "configs" / "train" / "nano-synthpath.yaml").read_text()
         shares = mixture_shares(first_config)
         first_steps = (f"{facts['steps']} steps" if facts else
-                       "trained by an earlier session whose run folder is not in runs/repro/ (docs/RESULTS.md, History);")
+                       "run by an earlier session, its run folder not in runs/repro/ (docs/RESULTS.md, History)")
         second = stages["nano"]
         second_shares = mixture_shares(second["config"], tasks=("grade", "subtype", "organ"))
         text = ["# omnipath-nano", "",
@@ -573,9 +573,9 @@ def main() -> None:
                 "- Data (the `omnipath synth patches` commands in docs/RESULTS.md): the train split of",
                 "  data/synthpath (base seed 0: 720 patches, 48 slides) and the train splits of base seeds 1 and 2",
                 "  (240 more slides). Test metrics use base seed 0's test block; no test seed is a training seed.",
-                f"- Stage 1 (configs/train/nano-synthpath.yaml): {first_steps} (global batch 16, AdamW lr 3e-4",
+                f"- Stage 1 (configs/train/nano-synthpath.yaml): {first_steps}; global batch 16, AdamW lr 3e-4",
                 f"  cosine, fp32 on CPU, seed 0; every record has weight 1; slide records are {pct(shares['slide'])} % of the",
-                f"  mixture's {shares['records']:.0f} records, grade and subtype questions {pct(shares['asked'])} %)",
+                f"  mixture's {shares['records']:.0f} records, grade and subtype questions {pct(shares['asked'])} %",
                 f"- Stage 2 (configs/train/nano-synthpath-slides.yaml): {second['steps']} steps over",
                 f"  {second_shares['records']:.0f} records per pass: the training slides' grade, subtype and organ questions",
                 f"  ({pct(second_shares['slide'])} %) and a quarter of the patch records, replayed (lr 2e-4 cosine; vision tower",
