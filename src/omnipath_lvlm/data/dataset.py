@@ -200,7 +200,7 @@ class InstructionDataset(Dataset):
         if n_out != len(targets):
             raise ValueError(f"{len(targets)} mask targets for {n_out} assistant-turn {MASK_TOKEN} tokens")
         size = proc.mask_target_size
-        focus, focus_targets = self._focus(record, conversation)  # before the regions' placeholders
+        focus, focus_targets = self._focus(record)
         return Sample(
             focus=focus,
             focus_targets=focus_targets,
@@ -214,7 +214,7 @@ class InstructionDataset(Dataset):
                                                size, "mask target"),
         )
 
-    def _focus(self, record: Record, conversation: list[dict[str, str]]) -> tuple[Encoded | None, torch.Tensor | None]:
+    def _focus(self, record: Record) -> tuple[Encoded | None, torch.Tensor | None]:
         """PGFC's prompt for this record and its target tokens, when ``gt[focus_boxes]`` lists boxes.
 
         The prompt is the first question with the main image alone, as ``omnipath analyze`` scores
@@ -224,7 +224,8 @@ class InstructionDataset(Dataset):
         boxes = record.gt.get(self.focus_boxes) if self.focus_boxes else None
         if not boxes:
             return None, None
-        first = record.conversations[0]["value"]  # the record's own first turn: no region placeholders yet
+        turn = record.conversations[0]  # the record's own first turn: no region placeholders yet
+        first = turn["value"]
         if first.count(IMAGE_TOKEN) != 1 or MASK_TOKEN in first:
             return None, None
         g = self.processor.grid_size
@@ -234,8 +235,7 @@ class InstructionDataset(Dataset):
             c1, r1 = min(int(x1 * g), g - 1), min(int(y1 * g), g - 1)
             c2, r2 = max(c1 + 1, math.ceil(x2 * g)), max(r1 + 1, math.ceil(y2 * g))
             grid[r1:r2, c1:c2] = True
-        encoded = self.processor.encode_conversation([{"from": conversation[0]["from"], "value": first}], image_pools=[1],
-                                                     add_generation_prompt=True)
+        encoded = self.processor.encode_conversation([turn], image_pools=[1], add_generation_prompt=True)
         return encoded, grid.flatten()
 
     def _main_image(self, record: Record) -> Image.Image:

@@ -282,15 +282,13 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         sample of ``input_ids`` each belongs to; ``focus_targets`` (B_f, N): that image's target tokens.
         """
         first = self._first_image_of_each_sample(input_ids, encoded_images.tokens_per_image)
-        starts = [0]
-        for n in encoded_images.tokens_per_image:
-            starts.append(starts[-1] + n)
+        per_image = encoded_images.tokens.split(encoded_images.tokens_per_image)  # (n_i, D) each
         parts, counts = [], []
         for sample in focus_samples.tolist():
             image = first[sample]
             if image is None:
                 raise ValueError(f"sample {sample} has a focus target but no image")
-            parts.append(encoded_images.tokens[starts[image]:starts[image + 1]])
+            parts.append(per_image[image])
             counts.append(encoded_images.tokens_per_image[image])
         thumbnails = EncodedImages(features=encoded_images.features[:0], tokens=torch.cat(parts), tokens_per_image=counts)
         embeds = self.embed_inputs(focus_input_ids, thumbnails)  # (B_f, L_f, D)

@@ -26,11 +26,6 @@ class CacheStats:
     misses: int = 0
     bytes: int = 0
 
-    @property
-    def hit_rate(self) -> float:
-        seen = self.hits + self.misses
-        return self.hits / seen if seen else 0.0
-
 
 def image_key(image: torch.Tensor) -> str:
     """A digest that names one preprocessed image (3, S, S) by its values, shape and dtype."""
@@ -65,10 +60,13 @@ class VisionFeatureCache:
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N_img, 3, S, S) -> (N_img, g*g, F) on ``pixel_values``' device."""
         keys = [image_key(image) for image in pixel_values]
-        unseen = list(dict.fromkeys(k for k in keys if k not in self.store))  # each once, in order
+        first: dict[str, int] = {}  # each unseen key -> its first row, in order
+        for row, k in enumerate(keys):
+            if k not in self.store:
+                first.setdefault(k, row)
+        unseen = list(first)
         if unseen:
-            first = {k: keys.index(k) for k in unseen}
-            rows = torch.stack([pixel_values[first[k]] for k in unseen])
+            rows = pixel_values[list(first.values())]  # (N_new, 3, S, S)
             was_training = self.tower.training
             self.tower.eval()
             try:

@@ -106,17 +106,10 @@ def first_layer_attention(
     """
     if inputs_embeds.ndim != 3 or inputs_embeds.shape[0] != 1:
         raise ValueError(f"inputs_embeds must be (1, L, D) (one prompt), got shape {tuple(inputs_embeds.shape)}")
-    length = inputs_embeds.shape[1]
-    positions = list(query_positions)
-    if not positions or min(positions) < 0 or max(positions) >= length:
-        raise ValueError(f"query positions {positions} must be non-empty and inside 0..{length - 1}")
-    mask = None
-    if attention_mask is not None:
-        mask = attention_mask.reshape(1, -1)
-        if mask.shape[1] != length:
-            raise ValueError(f"attention_mask has {mask.numel()} entries but the prompt has {length} tokens")
+    mask = None if attention_mask is None else attention_mask.reshape(1, -1)  # the core checks its length
+    positions = torch.tensor([list(query_positions)], dtype=torch.long)  # (1, Q); the core checks the range
     with torch.no_grad():
-        return layer0_attention(model.decoder, inputs_embeds, mask, torch.tensor([positions]))[0]  # (Q, L)
+        return layer0_attention(model.decoder, inputs_embeds, mask, positions)[0]  # (Q, L)
 
 
 def last_token_image_attention(
