@@ -1,6 +1,6 @@
 """Training throughput of the `nano` preset on CPU, with and without gradient checkpointing.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 4] [--batch 2] [--preset nano]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 4] [--batch 2] [--preset nano] [--lanes]
 
 Each setting runs in its own process (so peak memory is its own): the model and AdamW are
 built by the training recipe (`build_model`, `build_optimizer`), one warm-up step runs, then
@@ -8,6 +8,11 @@ built by the training recipe (`build_model`, `build_optimizer`), one warm-up ste
 (+ output `<mask>`) conversations. Printed side by side: samples/s, seconds per step and
 the peak resident memory of the process and its growth over the training steps
 (activations, gradients, optimiser state).
+
+``--lanes`` instead compares two ways of using the machine's cores for two independent runs:
+one process using every core, against one process per core side by side (each with one
+thread), measured in turn in this run. Printed: samples/s of both together, and their ratio
+(scripts/reproduce.py trains its ablation models in lanes when it is above 1).
 """
 from __future__ import annotations
 
@@ -21,9 +26,12 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _measure(preset: str, checkpointing: bool, steps: int, batch_size: int, queue) -> None:
+def _measure(preset: str, checkpointing: bool, steps: int, batch_size: int, queue, threads: int | None = None) -> None:
     import numpy as np
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from omnipath_lvlm.processing import pad_batch
     from omnipath_lvlm.train.config import config_from_dict
@@ -72,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="nano")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--lanes", action="store_true", help="one process on every core vs one process per core")
     args = parser.parse_args(argv)
     context = mp.get_context("spawn")
+    if args.lanes:
+        return lanes(context, args)
     rows = []
     for checkpointing in (False, True):
         queue = context.Queue()
@@ -89,6 +100,34 @@ def main(argv: list[str] | None = None) -> int:
         name = "on" if row["checkpointing"] else "off"
         print(f"{name:<24}{row['samples_per_s']:>10.2f}{row['s_per_step']:>9.2f}{row['peak_rss_mib']:>14.0f}"
               f"{row['rss_growth_mib']:>12.0f}")
+    return 0
+
+
+def lanes(context, args) -> int:
+    """Samples/s of one process on every core, then of one one-thread process per core at once."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    rates = {}
+    for name, processes, threads in (("one process, all cores", 1, torch.get_num_threads()), (f"{cores} lanes, 1 thread each", cores, 1)):
+        queue = context.Queue()
+        workers = [context.Process(target=_measure, args=(args.preset, False, args.steps, args.batch, queue, threads))
+                   for _ in range(processes)]
+        tic = time.perf_counter()
+        for w in workers:
+            w.start()
+        rows = [queue.get() for _ in workers]
+        for w in workers:
+            w.join()
+        rates[name] = (sum(r["samples_per_s"] for r in rows), time.perf_counter() - tic, threads)
+    print(f"preset {args.preset}: batch {args.batch}, {args.steps} timed steps per process, {cores} cores, CPU fp32")
+    print(f"{'setting':<28}{'threads/process':>16}{'samples/s (all)':>17}{'wall s':>8}")
+    for name, (rate, wall, threads) in rates.items():
+        print(f"{name:<28}{threads:>16}{rate:>17.2f}{wall:>8.1f}")
+    (one, both) = (v[0] for v in rates.values())
+    print(f"lanes / one process: {both / one:.2f}x the samples per second")
     return 0
 
 

@@ -23,12 +23,16 @@ Runs:
 - `nano`: the shipped model, in two stages. `nano-base`: configs/train/nano-synthpath.yaml as it is
   (patch records of data/synthpath, slide records of all the training slides), REPRO_STEPS steps.
   `nano`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides' grade,
-  subtype and organ questions and a quarter of the patch records, four passes, vision tower frozen
+  subtype and organ questions and a tenth of the patch records, four passes, vision tower frozen
   and cached, focus loss on the slides' tumours). Evaluated on the patch
   test records and, for the PGFC ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test
   seed block).
 - `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all with the uniform
   mixture of the train split and REPRO_ABLATION_STEPS steps, evaluated on the patch test records.
+
+nano's two stages (one lane) and the four ablation models (the other) train side by side, one
+thread per process, as do the evaluations of stage eval: on 2 cores that does about 1.2x the
+work per hour of one process at a time.
 
 Test data use seeds never used for training (SynthPath's split seed blocks); nothing is tuned on
 the test split. The final nano is copied to models/omnipath-nano/ (bf16 weights) with its card.
@@ -60,7 +64,7 @@ QUESTION_STYLES = ("closed", "open", "yes_no")
 UNIFORM = "data.train=[{path: data/synthpath/train.jsonl, weight: 1.0}]"  # the ablations' mixture
 NANO_CONFIG = "configs/train/nano-synthpath.yaml"  # nano's first stage (and the ablations')
 SLIDE_STAGE_CONFIG = "configs/train/nano-synthpath-slides.yaml"  # nano's second stage
-ABLATIONS = {  # name -> OmniPathConfig.from_name overrides (cheapest first); "full" is their baseline
+ABLATIONS = {  # name -> OmniPathConfig.from_name overrides; "full" is their baseline (in this order, two lanes)
     "full": None,
     "no-uni-no-msff": {"use_uni": False, "scales": [1]},
     "no-uni": {"use_uni": False},
@@ -69,10 +73,14 @@ ABLATIONS = {  # name -> OmniPathConfig.from_name overrides (cheapest first); "f
 LOG = RUNS / "commands.log"
 
 
+def shown(args: list[str]) -> str:
+    """A command as the log shows it (`omnipath ...` for the CLI)."""
+    return " ".join(shlex.quote(a) for a in args).replace(sys.executable + " -m omnipath_lvlm.cli", "omnipath")
+
+
 def run(*commands: list[str]) -> None:
     """Run the commands side by side (one process each), logging them and their common wall time."""
-    lines = [" ".join(shlex.quote(a) for a in args).replace(sys.executable + " -m omnipath_lvlm.cli", "omnipath")
-             for args in commands]
+    lines = [shown(args) for args in commands]
     RUNS.mkdir(parents=True, exist_ok=True)
     with LOG.open("a") as log:
         for line in lines:
@@ -87,6 +95,45 @@ def run(*commands: list[str]) -> None:
     print(f"  ({seconds:.0f}s)", flush=True)
     with LOG.open("a") as log:
         log.write(f"#   {seconds / 60:.1f} min" + (" (side by side)\n" if len(lines) > 1 else "\n"))
+
+
+def run_lanes(jobs: list[list[list[str] | None]], lanes: int = 2) -> None:
+    """Run `jobs` (each a list of commands, run in order; None: nothing to do) in up to `lanes` lanes side by side.
+
+    With more than one lane each process gets one thread (OMP_NUM_THREADS=1): on this 2-core
+    machine two one-thread training processes do about 1.2x the work of one two-thread process
+    (benchmarks/train_throughput.py --lanes). Each command is logged when it ends, with its own
+    wall time, marked as run in a lane.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [job for job in ([c for c in job if c] for job in jobs) if job]
+    if not jobs:
+        return
+    lanes = min(lanes, len(jobs))
+    RUNS.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if lanes > 1 else None
+    note = f" (in one of {lanes} lanes side by side)" if lanes > 1 else ""
+
+    def lane(job: list[list[str]]) -> None:
+        for args in job:
+            line = shown(args)
+            print(f"$ {line}{note}", flush=True)
+            tic = time.time()
+            if subprocess.run(args, cwd=ROOT, env=env).returncode != 0:
+                raise RuntimeError(f"failed: {line}")
+            with lock, LOG.open("a") as log:
+                log.write(f"{line}\n#   {(time.time() - tic) / 60:.1f} min{note}\n")
+
+    tic = time.time()
+    with ThreadPoolExecutor(max_workers=lanes) as pool:
+        for future in [pool.submit(lane, job) for job in jobs]:
+            future.result()
+    if lanes > 1:
+        with LOG.open("a") as log:
+            log.write(f"# the {lanes} lanes above took {(time.time() - tic) / 60:.1f} min together\n")
 
 
 def stage_data() -> None:
@@ -186,29 +233,44 @@ def attention(model: Path, name: str) -> None:
          "--model", str(model), "--out", str(target)])
 
 
-def train(name: str, steps: int | None, overrides: dict | None = None, extra: tuple[str, ...] = (),
-          config: str = NANO_CONFIG) -> Path:
-    """Train `config` into runs/repro/`name` (`steps` optimiser steps; None: the config's epochs)."""
+def train_command(name: str, steps: int | None, overrides: dict | None = None, extra: tuple[str, ...] = (),
+                  config: str = NANO_CONFIG) -> list[str] | None:
+    """The command that trains `config` into runs/repro/`name` (`steps` optimiser steps; None: the
+    config's epochs), resuming from its checkpoints; None when its final model exists."""
     out = RUNS / name
-    final = out / "final"
-    if (final / "config.json").is_file():
-        return final
+    if (out / "final" / "config.json").is_file():
+        return None
     args = [*OMNIPATH, "train", config, f"output_dir={out}", *([] if steps is None else [f"train.max_steps={steps}"]),
             "logging.progress=false", "data.max_length=640", *extra]
     if overrides:
         args.append("model.overrides=" + json.dumps(overrides))
     if (out / "checkpoints").is_dir():
         args.append("--resume")
-    run(args)
-    return final
+    return args
+
+
+def train(name: str, steps: int | None, overrides: dict | None = None, extra: tuple[str, ...] = (),
+          config: str = NANO_CONFIG) -> Path:
+    """Train (see `train_command`) and return the final model's folder."""
+    command = train_command(name, steps, overrides, extra, config)
+    if command:
+        run(command)
+    return RUNS / name / "final"
+
+
+def evaluate_command(model: Path, data: Path, out: Path, pgfc: list[str]) -> list[str] | None:
+    """The `omnipath eval` command writing into `out`; None when its summary exists."""
+    if (out / "summary.json").is_file():
+        return None
+    return [*OMNIPATH, "eval", "--model", str(model), "--data", str(data), "--out", str(out),
+            "--pgfc", *pgfc, "--num-regions", str(ENV["REPRO_NUM_REGIONS"]),
+            "--max-new-tokens", str(ENV["REPRO_MAX_NEW_TOKENS"]), "--batch-size", "4"]
 
 
 def evaluate(model: Path, data: Path, out: Path, pgfc: list[str]) -> None:
-    if (out / "summary.json").is_file():
-        return
-    run([*OMNIPATH, "eval", "--model", str(model), "--data", str(data), "--out", str(out),
-         "--pgfc", *pgfc, "--num-regions", str(ENV["REPRO_NUM_REGIONS"]),
-         "--max-new-tokens", str(ENV["REPRO_MAX_NEW_TOKENS"]), "--batch-size", "4"])
+    command = evaluate_command(model, data, out, pgfc)
+    if command:
+        run(command)
 
 
 def ship(final: Path) -> None:
@@ -239,17 +301,29 @@ def main() -> int:
     if "before" in STAGES:
         attention(untrained_nano(), "before")
     nano = RUNS / "nano" / "final"
+    # nano's two stages and the ablation models train in two lanes side by side (one thread each)
+    lanes = []
     if "nano" in STAGES:
-        base = train("nano-base", ENV["REPRO_STEPS"])
-        ship(train("nano", None, extra=(f"model.checkpoint={base}",), config=SLIDE_STAGE_CONFIG))
+        base = RUNS / "nano-base" / "final"
+        lanes.append([train_command("nano-base", ENV["REPRO_STEPS"]),
+                      train_command("nano", None, extra=(f"model.checkpoint={base}",), config=SLIDE_STAGE_CONFIG)])
+    if "ablations" in STAGES:
+        jobs = [[train_command(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,)),
+                 evaluate_command(RUNS / name / "final", DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])]
+                for name, overrides in ABLATIONS.items()]
+        # beside nano: one lane of all four; alone: two lanes of two
+        lanes += [sum(jobs, [])] if lanes else [jobs[0] + jobs[2], jobs[1] + jobs[3]]
+    run_lanes(lanes)
+    if "nano" in STAGES:
+        ship(nano)
     if "val" in STAGES:  # optional: validation slides, looked at before the test slides
         evaluate(nano, val_questions(), RUNS / "eval-nano-val-slides", ["none", "attention", "record"])
-    if "eval" in STAGES:
-        evaluate(nano, DATA / "test-patch.jsonl", RUNS / "eval-nano", ["none"])
-        evaluate(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides", ["none", "random", "attention"])
-        evaluate(nano, SLIDE_TEST / "test-boxes.jsonl", RUNS / "eval-nano-slide-boxes", ["attention"])
-        # diagnostic: the regions the records list (2 on tumour, 2 on other tissue, as in training)
-        evaluate(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides-record", ["record"])
+    if "eval" in STAGES:  # two lanes: the patch test records beside the slide questions
+        run_lanes([[evaluate_command(nano, DATA / "test-patch.jsonl", RUNS / "eval-nano", ["none"])], [
+            evaluate_command(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides", ["none", "random", "attention"]),
+            evaluate_command(nano, SLIDE_TEST / "test-boxes.jsonl", RUNS / "eval-nano-slide-boxes", ["attention"]),
+            # diagnostic: the regions the records list (2 on tumour, 2 on other tissue, as in training)
+            evaluate_command(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides-record", ["record"])]])
     if "after" in STAGES:
         attention(nano, "after")
         run([sys.executable, "scripts/attention_stats.py", str(untrained_nano()), str(nano),
@@ -262,10 +336,6 @@ def main() -> int:
         base = RUNS / "nano-base" / "final"
         evaluate(base, DATA / "test-patch.jsonl", RUNS / "eval-nano-base", ["none"])
         evaluate(base, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-base-slides", ["attention"])
-    if "ablations" in STAGES:
-        for name, overrides in ABLATIONS.items():
-            final = train(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,))
-            evaluate(final, DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])
     if "results" in STAGES:
         run([sys.executable, "scripts/results.py"])
     print(f"reproduction stages {STAGES} done in {(time.time() - started) / 60:.1f} min")

@@ -13,6 +13,8 @@ import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import yaml
+
 from omnipath_lvlm.eval.report import build_tables, table6_pgfc
 from omnipath_lvlm.eval.runner import load_summaries
 
@@ -39,19 +41,20 @@ def training_facts(run: Path) -> dict:
         for i, line in enumerate(lines[:-1]):
             if " train " in line and f"output_dir={run} " in line and lines[i + 1].startswith("#"):
                 facts["wall_min"] = float(lines[i + 1].split()[1])
+                facts["wall_note"] = lines[i + 1].split(" min", 1)[1].strip()  # e.g. "(beside other jobs)"
     return facts
 
 
 def minutes(facts: dict | None) -> str:
     """A run's wall time as "N min", or "not measured here" when its run or time is missing."""
-    return f"{facts['wall_min']:.0f} min" if facts and "wall_min" in facts else "not measured here"
+    if not facts or "wall_min" not in facts:
+        return "not measured here"
+    return f"{facts['wall_min']:.0f} min" + (f" {facts['wall_note']}" if facts.get("wall_note") else "")
 
 
 def mixture_shares(config_yaml: str, tasks: tuple[str, ...] = ("grade", "subtype")) -> dict[str, float]:
     """Weighted shares of slide records and of `tasks`' records in a training config's mixture
     (honouring each file's own task filter, as the training dataset does)."""
-    import yaml
-
     total = slides = asked = 0.0
     for entry in yaml.safe_load(config_yaml)["data"]["train"]:
         path = Path(entry["path"]) if Path(entry["path"]).is_absolute() else ROOT / entry["path"]
@@ -565,6 +568,8 @@ def main() -> None:
                        "run by an earlier session, its run folder not in runs/repro/ (docs/RESULTS.md, History)")
         second = stages["nano"]
         second_shares = mixture_shares(second["config"], tasks=("grade", "subtype", "organ"))
+        replay = next((e.get("weight", 1.0) for e in yaml.safe_load(second["config"])["data"]["train"]
+                       if not e.get("tasks") and Path(e["path"]).name == "train-patch.jsonl"), 0.0)
         text = ["# omnipath-nano", "",
                 "OmniPath at CPU size (preset `nano`: SigLIP-style 192 px/16 + UNI-style ViT, scales (1, 2), a 6-layer",
                 "384-wide Llama, ResNet mask encoder, SAM-style decoder; 22.5 M parameters, bf16 weights), trained",
@@ -578,7 +583,7 @@ def main() -> None:
                 f"  mixture's {shares['records']:.0f} records, grade and subtype questions {pct(shares['asked'])} %",
                 f"- Stage 2 (configs/train/nano-synthpath-slides.yaml): {second['steps']} steps over",
                 f"  {second_shares['records']:.0f} records per pass: the training slides' grade, subtype and organ questions",
-                f"  ({pct(second_shares['slide'])} %) and a quarter of the patch records, replayed (lr 2e-4 cosine; vision tower",
+                f"  ({pct(second_shares['slide'])} %) and the patch records at weight {replay:g}, replayed (lr 2e-4 cosine; vision tower",
                 "  frozen and its features cached; focus loss weight 0.5; the LLM and projector train)",
                 f"- Wall time on 2 CPU cores: stage 1 {minutes(facts)}, stage 2 {minutes(second)}",
                 "- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",

@@ -41,3 +41,36 @@ def test_val_and_test_slides_come_from_blocks_no_training_file_uses(load_script)
     for block in train:
         assert max(block.start, val.start) >= min(block.stop, val.stop)  # disjoint ranges
         assert max(block.start, test.start) >= min(block.stop, test.stop)
+
+
+def test_lanes_run_every_job_in_order_with_one_thread_each_and_log_each_command(load_script, tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    repro = load_script("reproduce")
+    monkeypatch.setattr(repro, "RUNS", tmp_path)
+    monkeypatch.setattr(repro, "LOG", tmp_path / "commands.log")
+    out = tmp_path / "out.txt"
+
+    def step(job: str, i: int) -> list[str]:  # appends "job i threads" to out
+        code = f"import os; open({str(out)!r}, 'a').write('{job} {i} ' + os.environ['OMP_NUM_THREADS'] + '\\n')"
+        return [sys.executable, "-c", code]
+
+    repro.run_lanes([[step("a", 0), None, step("a", 1)], [None], [step("b", 0), step("b", 1)], [step("c", 0)]])
+    done = out.read_text().split("\n")[:-1]
+    assert sorted(done) == ["a 0 1", "a 1 1", "b 0 1", "b 1 1", "c 0 1"]
+    for job in "ab":  # a job's commands run in order
+        assert done.index(f"{job} 0 1") < done.index(f"{job} 1 1")
+    log = (tmp_path / "commands.log").read_text().splitlines()
+    commands = [line for line in log if not line.startswith("#")]
+    assert len(commands) == 5
+    assert all(log[log.index(c) + 1].startswith("#   ") and "lanes side by side" in log[log.index(c) + 1] for c in commands)
+    assert log[-1].startswith("# the 2 lanes above took")
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # one lane: the process keeps every thread
+    repro.run_lanes([[step("d", 0)], [None]])
+    assert out.read_text().endswith("d 0 2\n")
+
+    with pytest.raises(RuntimeError, match="failed"):
+        repro.run_lanes([[[sys.executable, "-c", "raise SystemExit(3)"]]])

@@ -172,7 +172,10 @@ def test_training_facts_read_their_own_runs_wall_time_not_a_prefix_namesakes(res
         (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 3, "loss": loss}) + "\n")
     (tmp_path / "commands.log").write_text(
         f"omnipath train a.yaml output_dir={tmp_path / 'nano-base'} train.max_steps=600\n#   63.1 min\n"
-        f"omnipath train b.yaml output_dir={tmp_path / 'nano'} logging.progress=false\n#   20.4 min\n")
+        f"omnipath train b.yaml output_dir={tmp_path / 'nano'} logging.progress=false\n#   20.4 min (beside other jobs)\n")
     assert results.training_facts(tmp_path / "nano-base")["wall_min"] == 63.1
     assert results.training_facts(tmp_path / "nano")["wall_min"] == 20.4
+    assert results.minutes(results.training_facts(tmp_path / "nano-base")) == "63 min"
+    assert results.minutes(results.training_facts(tmp_path / "nano")) == "20 min (beside other jobs)"
+    assert results.minutes(None) == "not measured here"
     assert results.training_facts(tmp_path / "nano")["last_loss"] == 0.5
