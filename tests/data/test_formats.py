@@ -407,6 +407,7 @@ OPTIONS = ["Hepatocellular carcinoma", "Cholangiocarcinoma", "Combined hepatocel
         ("This is combined hepatocellular-cholangiocarcinoma.", 2),  # longer option wins over its parts
         ("I believe it is normal tissue.", 3),
         ("Answer: A tumour of the liver, hepatocellular carcinoma", 0),
+        ("A. Hepatocellular carcinoma", 0), ("A normal liver", 3),  # the article A names no option
     ],
 )
 def test_match_option_recognises_letters_and_text(answer, index):
@@ -418,6 +419,8 @@ def test_match_option_recognises_letters_and_text(answer, index):
     [
         ("A or C", "ambiguous: matches A and C"),
         ("B. Hepatocellular carcinoma", "ambiguous: matches A and B"),
+        ("A. Cholangiocarcinoma", "ambiguous: matches A and B"),  # "A." is a letter, not an article
+        ("(A) Normal", "ambiguous: matches A and D"),
         ("Either cholangiocarcinoma or normal", "ambiguous: matches B and D"),
         ("I am not sure", "no option recognised"),
         ("", "no option recognised"),

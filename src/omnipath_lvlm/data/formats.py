@@ -461,7 +461,8 @@ def match_option(answer: str, options: Sequence[str]) -> OptionMatch:
     normalized = normalize_answer(answer)
     option_texts = [normalize_answer(option) for option in options]
     exact = [i for i, text in enumerate(option_texts) if text and text == normalized]
-    if len(exact) == 1:
+    # ("A. text" normalises to "text": the letter A reads as an article, so it must agree here)
+    if len(exact) == 1 and chosen <= {exact[0]}:
         return OptionMatch(exact[0])
     by_text = {i for i, text in enumerate(option_texts) if text and _contains_phrase(normalized, text)}
     by_text = {
