@@ -31,8 +31,8 @@ Runs:
   mixture of the train split and REPRO_ABLATION_STEPS steps, evaluated on the patch test records.
 
 nano's two stages (one lane) and the four ablation models (the other) train side by side, one
-thread per process, as do the evaluations of stage eval: on 2 cores that does about 1.2x the
-work per hour of one process at a time.
+thread per process, as do the evaluations of stage eval: on 2 cores that does a little more
+work per hour than one process at a time (1.02-1.07x in steady training, more with start-ups).
 
 Test data use seeds never used for training (SynthPath's split seed blocks); nothing is tuned on
 the test split. The final nano is copied to models/omnipath-nano/ (bf16 weights) with its card.
@@ -101,9 +101,9 @@ def run_lanes(jobs: list[list[list[str] | None]], lanes: int = 2) -> None:
     """Run `jobs` (each a list of commands, run in order; None: nothing to do) in up to `lanes` lanes side by side.
 
     With more than one lane each process gets one thread (OMP_NUM_THREADS=1): on this 2-core
-    machine two one-thread training processes do about 1.2x the work of one two-thread process
-    (benchmarks/train_throughput.py --lanes). Each command is logged when it ends, with its own
-    wall time, marked as run in a lane.
+    machine two one-thread training processes do 1.02-1.07x the work of one two-thread process in
+    steady training, more where start-ups overlap (benchmarks/train_throughput.py --lanes). Each
+    command is logged when it ends, with its own wall time, marked as run in a lane.
     """
     import threading
     from concurrent.futures import ThreadPoolExecutor
