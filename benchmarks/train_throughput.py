@@ -12,7 +12,7 @@ the peak resident memory of the process and its growth over the training steps
 ``--lanes`` instead compares two ways of using the machine's cores for two independent runs:
 one process using every core, against one process per core side by side (each with one
 thread), measured in turn in this run. Printed: samples/s of both together, and their ratio
-(scripts/reproduce.py trains its ablation models in lanes when it is above 1).
+(scripts/reproduce.py trains nano beside its ablation models in lanes).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ Runs:
 - `nano`: the shipped model, in two stages. `nano-base`: configs/train/nano-synthpath.yaml as it is
   (patch records of data/synthpath, slide records of all the training slides), REPRO_STEPS steps.
   `nano`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides' grade,
-  subtype and organ questions and a tenth of the patch records, four passes, vision tower frozen
+  subtype and organ questions and a quarter of the patch records, four passes, vision tower frozen
   and cached, focus loss on the slides' tumours). Evaluated on the patch
   test records and, for the PGFC ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test
   seed block).
@@ -311,8 +311,8 @@ def main() -> int:
         jobs = [[train_command(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,)),
                  evaluate_command(RUNS / name / "final", DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])]
                 for name, overrides in ABLATIONS.items()]
-        # beside nano: one lane of all four; alone: two lanes of two
-        lanes += [sum(jobs, [])] if lanes else [jobs[0] + jobs[2], jobs[1] + jobs[3]]
+        # beside nano: one lane of them all; alone: two lanes, alternating
+        lanes += [sum(jobs, [])] if lanes else [sum(jobs[0::2], []), sum(jobs[1::2], [])]
     run_lanes(lanes)
     if "nano" in STAGES:
         ship(nano)
