@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", help="JSONL of records (paths relative to its folder, as exported)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N records")
     args = parser.parse_args(argv)
-    model = OmniPathForConditionalGeneration.from_pretrained(args.model).eval()
+    model = OmniPathForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
     processor = OmniPathProcessor.from_pretrained(args.model)
     rows = teacher_forced(model, processor, args.data, args.limit)
     for row in rows:

@@ -209,3 +209,63 @@ def test_missing_image_truncated_line_and_unreadable_image_are_skipped(tmp_path,
     assert data[2].id == "good-2"
     assert "record 'unreadable'" in data.skipped and len(data.skipped) == 3
     assert data.collate([data[0], data[2]])["skipped"] == sample.skipped
+
+
+def _gradient_slide(path: Path, side: int = 1024) -> Path:
+    """A two-level pyramid whose red channel rises with x and green with y (a region's colour names its place)."""
+    import tifffile
+
+    ramp = np.linspace(0, 255, side).astype(np.uint8)
+    level0 = np.stack([np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side)), np.full((side, side), 128, np.uint8)], -1)
+    desc = f"Aperio Image Library v12.0.0\r\n{side}x{side} (256x256) RGB|AppMag = 20|MPP = 0.5"
+    with tifffile.TiffWriter(path) as tw:
+        for factor in (1, 4):
+            level = np.asarray(Image.fromarray(level0).reduce(factor)) if factor > 1 else level0
+            tw.write(level, tile=(256, 256), description=desc, photometric="rgb", metadata=None)
+    return path
+
+
+def test_region_jitter_rereads_shifted_regions_from_the_slide_and_announces_them(tmp_path, tiny):
+    model, processor = tiny
+    slide = _gradient_slide(tmp_path / "ramp.svs")
+    crop = _png(tmp_path / "crop.png", (64, 64), (10, 200, 30))  # the exported crop: nothing like the slide there
+    box = [0.40, 0.40, 0.60, 0.60]
+    record = Record(id="s", task="grade", answer_style="open", slide=str(slide),
+                    conversations=[{"from": "human", "value": "<image>\nGrade?"}, {"from": "gpt", "value": "grade 2"}],
+                    regions=[{"image": crop, "box": box}, {"image": crop, "box": [0.0, 0.0, 0.2, 0.2]}])
+    path = write_jsonl([record], tmp_path / "train.jsonl")
+
+    fixed = InstructionDataset([path], processor)[0]  # no jitter: the exported crops and boxes
+    assert fixed.cacheable == [True, True, True]
+    assert "Detail region at x 0.40-0.60, y 0.40-0.60:" in processor.tokenizer.decode(fixed.encoded.input_ids)
+
+    data = InstructionDataset([path], processor, region_jitter=0.5)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(6):
+        sample = data[0]
+        assert sample.cacheable == [True, False, False]  # the thumbnail is the same every time; regions are not
+        text = processor.tokenizer.decode(sample.encoded.input_ids)
+        (x1, x2, y1, y2), corner = _announced(text)
+        assert 0.30 - 1e-6 <= x1 <= 0.50 + 1e-6 and 0.30 - 1e-6 <= y1 <= 0.50 + 1e-6  # moved by <= half a side
+        assert abs((x2 - x1) - 0.2) < 0.011 and abs((y2 - y1) - 0.2) < 0.011  # same size
+        assert corner[0] >= 0 and corner[1] >= 0  # the corner region is kept on the slide
+        # the picture is the slide at the announced place: its mean red/green is the box centre's ramp value
+        pixels = (sample.pixel_values[1] * 0.5 + 0.5).clamp(0, 1)  # processor normalises to [-1, 1]
+        red, green = pixels[0].mean().item(), pixels[1].mean().item()
+        assert abs(red - (x1 + x2) / 2) < 0.03 and abs(green - (y1 + y2) / 2) < 0.03, (red, green, x1, x2, y1, y2)
+        seen.add((x1, y1))
+    assert len(seen) > 3  # a fresh shift at each sighting
+    batch = data.collate([data[0], fixed])
+    assert batch["image_cacheable"].tolist() == [True, False, False, True, True, True]
+    with pytest.raises(ValueError, match="region_jitter"):
+        InstructionDataset([path], processor, region_jitter=1.5)
+
+
+def _announced(text: str) -> tuple[tuple[float, float, float, float], tuple[float, float]]:
+    """The first announced region's (x1, x2, y1, y2) and the second one's top-left corner."""
+    import re as _re
+
+    found = [tuple(map(float, m)) for m in _re.findall(r"x ([\d.]+)-([\d.]+), y ([\d.]+)-([\d.]+)", text)]
+    assert len(found) == 2, text
+    return found[0], (found[1][0], found[1][2])

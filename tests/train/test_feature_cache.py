@@ -48,6 +48,26 @@ def test_cache_returns_the_towers_output_and_computes_each_image_once(model):
         model.vision_tower.requires_grad_(True)
 
 
+def test_cache_keeps_only_the_images_marked_to_store(model):
+    model.vision_tower.requires_grad_(False)
+    try:
+        cache = VisionFeatureCache(model.vision_tower)
+        images = _images(model, 3, seed=1)
+        out = cache(images, store=torch.tensor([True, False, True]))
+        with torch.no_grad():
+            expected = model.vision_tower(images)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)  # all three answered
+        assert len(cache) == 2 and cache.stats.misses == 3  # the unmarked one was encoded but not kept
+        cache(images[1:2], store=torch.tensor([False]))
+        assert len(cache) == 2 and cache.stats.misses == 4  # and is encoded again when seen again
+        cache(images[0:1], store=torch.tensor([False]))
+        assert cache.stats.hits == 1  # a kept image is still a hit, however it is marked now
+        with pytest.raises(ValueError, match="3 images given but store marks 2"):
+            cache(images, store=torch.tensor([True, False]))
+    finally:
+        model.vision_tower.requires_grad_(True)
+
+
 def test_image_key_tells_images_apart_by_value_shape_and_dtype():
     image = torch.zeros(3, 4, 4)
     assert image_key(image) == image_key(image.clone())

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from omnipath_lvlm.data.records import make_record, write_jsonl
 from omnipath_lvlm.model import OmniPathForConditionalGeneration
-from omnipath_lvlm.train.config import TrainConfig, config_from_dict
+from omnipath_lvlm.train.config import ConfigError, TrainConfig, config_from_dict
 from omnipath_lvlm.train.recipe import Trainer, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,3 +159,11 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     a, b = _final_weights(tmp_path / "single"), _final_weights(tmp_path / "double")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_region_jitter_reaches_the_training_data_only(tmp_path):
+    data = _write_data(tmp_path / "data", 2)
+    trainer = Trainer(_config(tmp_path / "run", data, data={"train": [data], "eval": [data], "region_jitter": 0.25}))
+    assert trainer.train_data.region_jitter == 0.25 and trainer.eval_data.region_jitter == 0.0
+    with pytest.raises(ConfigError, match="region_jitter"):
+        _config(tmp_path / "run2", data, data={"train": [data], "region_jitter": -0.1}).validate()

@@ -10,7 +10,10 @@ record into a :class:`Sample` when it is indexed (images are opened lazily, in
 * each detail crop in ``regions`` (prompt-guided detail completion training)
   becomes an extra image with pool ``region_pool``, announced in the first user
   turn by :func:`describe_region` text placed before its ``<image>``
-  placeholder;
+  placeholder; with ``region_jitter`` > 0 every sighting re-reads the crops from
+  the slide instead, each shifted by up to that fraction of its side (as
+  ``omnipath analyze`` reads regions), so that a slide's answer cannot be learnt
+  from one fixed set of pixels;
 * segmentation answers follow ``segmentation_output``: in ``"mask"`` mode a
   ``<contour_list>...</contour_list>`` answer becomes one output ``<mask>``
   token whose target is ``gt["mask"]`` (or its polygons rasterised); in
@@ -26,7 +29,7 @@ records) are in ``dataset.skipped`` too.
 
 ``dataset.collate(samples)`` right-pads a list of samples into the keyword
 arguments of ``OmniPathForConditionalGeneration.forward`` plus bookkeeping
-(``tasks``, ``ids``, ``skipped``) that :data:`BOOKKEEPING_KEYS` names.
+(``tasks``, ``ids``, ``skipped``, ``image_cacheable``) that :data:`BOOKKEEPING_KEYS` names.
 """
 from __future__ import annotations
 
@@ -53,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 SegmentationOutput = Literal["mask", "polygons"]
 # Keys of a collated batch that are not model inputs.
-BOOKKEEPING_KEYS = ("tasks", "ids", "skipped")
+# ``image_cacheable`` (N_img,) bool: False for pictures that differ at every sighting (jittered regions).
+BOOKKEEPING_KEYS = ("tasks", "ids", "skipped", "image_cacheable")
 
 _CONTOUR_LIST = re.compile(r"<contour_list>.*?</contour_list>", re.DOTALL)
 
@@ -85,6 +89,7 @@ class Sample:
     skipped: list[str] = field(default_factory=list)  # samples passed over to reach this one
     focus: Encoded | None = None  # PGFC's prompt (question + first image alone), when the record has focus boxes
     focus_targets: torch.Tensor | None = None  # (G*G,) bool: the first image's tokens under those boxes
+    cacheable: list[bool] | None = None  # per image: the same pixels at every sighting (None: all are)
 
     @property
     def image_pools(self) -> list[int]:
@@ -111,6 +116,7 @@ class InstructionDataset(Dataset):
         max_length: int | None = None,
         tasks: Sequence[Sequence[str] | None] | None = None,
         focus_boxes: str | None = None,
+        region_jitter: float = 0.0,
     ):
         paths = [jsonl_paths] if isinstance(jsonl_paths, (str, os.PathLike)) else list(jsonl_paths)
         keep = [None] * len(paths) if tasks is None else [set(t) if t else None for t in tasks]
@@ -127,6 +133,9 @@ class InstructionDataset(Dataset):
             raise ValueError(f"segmentation_output must be 'mask' or 'polygons', got {segmentation_output!r}")
         if region_pool < 1:
             raise ValueError(f"region_pool must be >= 1, got {region_pool}")
+        if not 0.0 <= region_jitter <= 1.0:
+            raise ValueError(f"region_jitter is a fraction of a region's side in [0, 1], got {region_jitter}")
+        self.region_jitter = float(region_jitter)
         self.processor = processor
         self.segmentation_output: SegmentationOutput = segmentation_output
         self.region_pool = int(region_pool)
@@ -187,8 +196,9 @@ class InstructionDataset(Dataset):
     def build_sample(self, record: Record) -> Sample:
         """Load and tokenise one record (raises on unreadable files)."""
         proc = self.processor
-        conversation, input_files, targets = self._conversation(record)
-        images = [self._main_image(record)] + [_read_rgb(d["image"]) for d in record.regions]
+        details, boxes = self._details(record)
+        conversation, input_files, targets = self._conversation(record, boxes)
+        images = [self._main_image(record)] + details
         pools = [1] + [self.region_pool] * len(record.regions)
         encoded = proc.encode_conversation(conversation, image_pools=pools)
         if self.max_length is not None and len(encoded.input_ids) > self.max_length:
@@ -212,7 +222,37 @@ class InstructionDataset(Dataset):
                 [_read_mask(p) for p in input_files], proc.mask_input_size, "input mask").unsqueeze(1),
             mask_targets=proc.preprocess_masks([t if isinstance(t, np.ndarray) else _read_mask(t) for t in targets],
                                                size, "mask target"),
+            cacheable=[True] + [not self._jitters(record)] * len(details),
         )
+
+    def _jitters(self, record: Record) -> bool:
+        """Whether this record's detail regions are re-read, shifted, at every sighting."""
+        return bool(self.region_jitter) and bool(record.regions) and record.slide is not None
+
+    def _details(self, record: Record) -> tuple[list[Image.Image], list[list[float]]]:
+        """The record's detail-region pictures and their relative boxes, shifted when ``region_jitter`` > 0.
+
+        Unshifted: the exported crops and the record's boxes. Shifted (slide records only): every box
+        moves by up to ``region_jitter`` of its width and height (uniform, from torch's generator, so
+        a seeded loader repeats it), stays inside the slide, and is read from the slide at the
+        processor's image size, as the WSI pipeline reads PGFC regions.
+        """
+        boxes = [[float(v) for v in d["box"]] for d in record.regions]
+        if not self._jitters(record):
+            return [_read_rgb(d["image"]) for d in record.regions], boxes
+        from omnipath_lvlm.wsi.pgfc import read_regions
+        from omnipath_lvlm.wsi.slide import open_slide
+
+        shifts = (torch.rand(len(boxes), 2) * 2 - 1) * self.region_jitter  # (R, 2) in units of a side
+        moved = []
+        for (x1, y1, x2, y2), (sx, sy) in zip(boxes, shifts.tolist()):
+            w, h = x2 - x1, y2 - y1
+            nx, ny = min(max(x1 + sx * w, 0.0), 1.0 - w), min(max(y1 + sy * h, 0.0), 1.0 - h)
+            moved.append([round(nx, 4), round(ny, 4), round(nx + w, 4), round(ny + h, 4)])
+        with open_slide(record.slide) as slide:
+            width, height = slide.dimensions
+            level0 = [(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in moved]
+            return read_regions(slide, level0, self.processor.max_image_size), moved
 
     def _focus(self, record: Record) -> tuple[Encoded | None, torch.Tensor | None]:
         """PGFC's prompt for this record and its target tokens, when ``gt[focus_boxes]`` lists boxes.
@@ -250,8 +290,14 @@ class InstructionDataset(Dataset):
                 return slide.read_region((x, y), (w, h), out_size=(side, side))
             return slide.thumbnail(side)
 
-    def _conversation(self, record: Record) -> tuple[list[dict[str, str]], list[str], list[str | np.ndarray]]:
-        """The conversation as the model sees it, the input-mask files and the output-mask targets."""
+    def _conversation(self, record: Record, region_boxes: Sequence[Sequence[float]] | None = None
+                      ) -> tuple[list[dict[str, str]], list[str], list[str | np.ndarray]]:
+        """The conversation as the model sees it, the input-mask files and the output-mask targets.
+
+        ``region_boxes`` (default: the record's) are the detail regions the first turn announces.
+        """
+        if region_boxes is None:
+            region_boxes = [d["box"] for d in record.regions]
         mask_files = iter(record.masks)
         n_contours = sum(len(_CONTOUR_LIST.findall(t["value"])) for t in record.conversations if t["from"] == GPT)
         gt_mask = record.gt.get("mask") if isinstance(record.gt.get("mask"), str) and n_contours == 1 else None
@@ -279,7 +325,7 @@ class InstructionDataset(Dataset):
                 text = pieces[0] + "".join(_polygon_text(next(mask_files)) + p for p in pieces[1:])
             if i == 0 and record.regions:
                 head, _, rest = text.partition(IMAGE_TOKEN)
-                details = "".join(f"\n{describe_region(d['box'])} {IMAGE_TOKEN}" for d in record.regions)
+                details = "".join(f"\n{describe_region(box)} {IMAGE_TOKEN}" for box in region_boxes)
                 text = head + IMAGE_TOKEN + details + rest
             turns.append({"from": turn["from"], "value": text})
         return turns, inputs, targets
@@ -313,6 +359,8 @@ class InstructionDataset(Dataset):
             batch["focus_attention_mask"] = prompts["attention_mask"]  # (B_f, L_f)
             batch["focus_samples"] = torch.tensor(focused, dtype=torch.long)  # (B_f,)
             batch["focus_targets"] = torch.stack([samples[i].focus_targets for i in focused])  # (B_f, G*G)
+        batch["image_cacheable"] = torch.tensor(  # (N_img,)
+            [c for s in samples for c in (s.cacheable or [True] * len(s.pixel_values))], dtype=torch.bool)
         batch["tasks"] = [s.task for s in samples]
         batch["ids"] = [s.id for s in samples]
         batch["skipped"] = [reason for s in samples for reason in s.skipped]

@@ -65,6 +65,9 @@ class DataSection:
     # the gt field of boxes (relative x1, y1, x2, y2 of the main image) where a record's answer lies;
     # with train.focus_loss_weight > 0, PGFC's first-layer attention is trained towards them
     focus_boxes: str | None = None
+    # training slide records' detail regions are re-read at every sighting, each shifted by up to this
+    # fraction of its side (0: the exported crops); the cache keeps no shifted picture
+    region_jitter: float = 0.0
 
 
 @dataclass
@@ -177,6 +180,8 @@ class TrainConfig:
                 raise ConfigError(f"data.eval[{i}] {path} does not exist")
         if d.region_pool < 1 or d.num_workers < 0:
             raise ConfigError("data.region_pool must be >= 1 and data.num_workers >= 0")
+        if not 0.0 <= d.region_jitter <= 1.0:
+            raise ConfigError(f"data.region_jitter is a fraction of a region's side in [0, 1], got {d.region_jitter}")
         for key in ("freeze", "module_lr"):
             for name in getattr(o, key):
                 if name not in MODULE_NAMES:

@@ -57,14 +57,22 @@ class VisionFeatureCache:
         return len(self.store)
 
     @torch.no_grad()
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N_img, 3, S, S) -> (N_img, g*g, F) on ``pixel_values``' device."""
+    def __call__(self, pixel_values: torch.Tensor, store: torch.Tensor | None = None) -> torch.Tensor:
+        """(N_img, 3, S, S) -> (N_img, g*g, F) on ``pixel_values``' device.
+
+        ``store`` (N_img,) bool: which images to keep (default all). An image that will not be seen
+        again (a region shifted at random) is encoded for this call only, so the cache does not grow.
+        """
+        if store is not None and len(store) != len(pixel_values):
+            raise ValueError(f"{len(pixel_values)} images given but store marks {len(store)}")
         keys = [image_key(image) for image in pixel_values]
         first: dict[str, int] = {}  # each unseen key -> its first row, in order
         for row, k in enumerate(keys):
             if k not in self.store:
                 first.setdefault(k, row)
         unseen = list(first)
+        kept = {k for row, k in enumerate(keys) if k in first and (store is None or bool(store[row]))}
+        passing: dict[str, torch.Tensor] = {}  # this call's features of images not kept
         if unseen:
             rows = pixel_values[list(first.values())]  # (N_new, 3, S, S)
             was_training = self.tower.training
@@ -76,8 +84,11 @@ class VisionFeatureCache:
                 self.tower.train(was_training)
             for k, f in zip(unseen, features):
                 stored = f.detach().to("cpu", copy=True)
-                self.store[k] = stored
-                self.stats.bytes += stored.numel() * stored.element_size()
+                if k in kept:
+                    self.store[k] = stored
+                    self.stats.bytes += stored.numel() * stored.element_size()
+                else:
+                    passing[k] = stored
         self.stats.misses += len(unseen)
         self.stats.hits += len(keys) - len(unseen)
-        return torch.stack([self.store[k] for k in keys]).to(pixel_values.device)
+        return torch.stack([self.store[k] if k in self.store else passing[k] for k in keys]).to(pixel_values.device)

@@ -112,7 +112,7 @@ class Trainer:
 
         self.model, self.processor = build_model(config)
         self.train_data = self._dataset([f.path for f in config.data.train], [f.weight for f in config.data.train],
-                                        [f.tasks for f in config.data.train])
+                                        [f.tasks for f in config.data.train], config.data.region_jitter)
         self.eval_data = self._dataset(list(config.data.eval), None) if config.data.eval else None
         tasks = set(self.train_data.task_names) | set(self.eval_data.task_names if self.eval_data else [])
         self.task_names = sorted(tasks)
@@ -141,12 +141,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
     def _dataset(self, paths: list[str], weights: list[float] | None,
-                 tasks: list[list[str]] | None = None) -> InstructionDataset:
+                 tasks: list[list[str]] | None = None, region_jitter: float = 0.0) -> InstructionDataset:
         d = self.config.data
         focus = d.focus_boxes if self.config.train.focus_loss_weight > 0 else None
         return InstructionDataset(paths, self.processor, mixture_weights=weights, tasks=tasks, focus_boxes=focus,
                                   segmentation_output=d.segmentation_output,
-                                  region_pool=d.region_pool, seed=self.config.train.seed, max_length=d.max_length)
+                                  region_pool=d.region_pool, seed=self.config.train.seed, max_length=d.max_length,
+                                  region_jitter=region_jitter)
 
     def _loader(self, dataset: InstructionDataset, sampler: Sampler[int], drop_last: bool = True) -> DataLoader:
         return DataLoader(dataset, batch_size=self.config.train.per_device_batch_size, sampler=sampler,
@@ -163,7 +164,7 @@ class Trainer:
         """The model's keyword arguments; with the feature cache, cached tower outputs replace the pixels."""
         inputs = model_inputs(batch)
         if self.feature_cache is not None and "pixel_values" in inputs:
-            inputs["vision_features"] = self.feature_cache(inputs.pop("pixel_values"))
+            inputs["vision_features"] = self.feature_cache(inputs.pop("pixel_values"), batch.get("image_cacheable"))
         return inputs
 
     @property
