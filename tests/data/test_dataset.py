@@ -269,3 +269,28 @@ def _announced(text: str) -> tuple[tuple[float, float, float, float], tuple[floa
     found = [tuple(map(float, m)) for m in _re.findall(r"x ([\d.]+)-([\d.]+), y ([\d.]+)-([\d.]+)", text)]
     assert len(found) == 2, text
     return found[0], (found[1][0], found[1][2])
+
+
+def test_closed_answers_as_text_train_the_option_text_and_keep_the_lettered_options(tmp_path, tiny):
+    _, processor = tiny
+    rng = random.Random(3)
+    img = _png(tmp_path / "a.png")
+    record = make_record("grade", img, "grade 2", rng, style="closed", options=["grade 1", "grade 2", "grade 3"])
+    broken = Record(**{**record.__dict__, "id": "broken", "gt": {**record.gt, "letter": "Z"}})
+    path = write_jsonl([record, broken], tmp_path / "train.jsonl")
+
+    def answer_and_prompt(sample):
+        ids, labels = sample.encoded.input_ids, sample.encoded.labels
+        answer = processor.tokenizer.decode([t for t, lab in zip(ids, labels) if lab != -100], skip_special_tokens=True)
+        return answer.strip(), processor.tokenizer.decode(ids)
+
+    lettered = InstructionDataset([path], processor)
+    as_text = InstructionDataset([path], processor, closed_answers="text")
+    letter = record.gt["letter"]
+    assert answer_and_prompt(lettered[0])[0] == f"{letter}. grade 2"
+    answer, prompt = answer_and_prompt(as_text[0])
+    assert answer == "grade 2" and f"{letter}. grade 2" in prompt  # the question still lists lettered options
+    as_text[1]  # an answer that does not match its gt's letter and label is skipped, with the reason
+    assert any("not '<letter>. <label>'" in reason for reason in as_text.skipped.values())
+    with pytest.raises(ValueError, match="closed_answers"):
+        InstructionDataset([path], processor, closed_answers="letters")

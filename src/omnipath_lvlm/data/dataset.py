@@ -19,7 +19,10 @@ record into a :class:`Sample` when it is indexed (images are opened lazily, in
   token whose target is ``gt["mask"]`` (or its polygons rasterised); in
   ``"polygons"`` mode an output ``<mask>`` answer becomes the polygon text of
   its mask file;
-* a ``<mask>`` in a user turn is an input mask, read from the record's ``masks``.
+* a ``<mask>`` in a user turn is an input mask, read from the record's ``masks``;
+* with ``closed_answers="text"`` a closed-ended answer ``"C. <option>"`` is trained as the option's
+  text alone (the options stay lettered in the question): a small model then does not have to find
+  the letter of what it is about to say before saying it.
 
 A sample whose files cannot be read (or that is longer than ``max_length``) is
 logged, remembered in ``dataset.skipped`` (where -> reason) and replaced by the
@@ -117,6 +120,7 @@ class InstructionDataset(Dataset):
         tasks: Sequence[Sequence[str] | None] | None = None,
         focus_boxes: str | None = None,
         region_jitter: float = 0.0,
+        closed_answers: Literal["letter", "text"] = "letter",
     ):
         paths = [jsonl_paths] if isinstance(jsonl_paths, (str, os.PathLike)) else list(jsonl_paths)
         keep = [None] * len(paths) if tasks is None else [set(t) if t else None for t in tasks]
@@ -136,6 +140,9 @@ class InstructionDataset(Dataset):
         if not 0.0 <= region_jitter <= 1.0:
             raise ValueError(f"region_jitter is a fraction of a region's side in [0, 1], got {region_jitter}")
         self.region_jitter = float(region_jitter)
+        if closed_answers not in ("letter", "text"):
+            raise ValueError(f"closed_answers must be 'letter' or 'text', got {closed_answers!r}")
+        self.closed_answers = closed_answers
         self.processor = processor
         self.segmentation_output: SegmentationOutput = segmentation_output
         self.region_pool = int(region_pool)
@@ -323,6 +330,8 @@ class InstructionDataset(Dataset):
             else:
                 pieces = text.split(MASK_TOKEN)
                 text = pieces[0] + "".join(_polygon_text(next(mask_files)) + p for p in pieces[1:])
+            if turn["from"] == GPT and self.closed_answers == "text" and record.answer_style == "closed":
+                text = _option_text(text, record)
             if i == 0 and record.regions:
                 head, _, rest = text.partition(IMAGE_TOKEN)
                 details = "".join(f"\n{describe_region(box)} {IMAGE_TOKEN}" for box in region_boxes)
@@ -382,6 +391,14 @@ def _mixture_index(sizes: Sequence[int], weights: Sequence[float], seed: int) ->
         chosen = list(range(n)) * whole + sorted(rng.sample(range(n), round(frac * n)))
         index += [(f, r) for r in chosen]
     return index
+
+
+def _option_text(answer: str, record: Record) -> str:
+    """A closed answer ``"C. <option>"`` (the record's letter and label) as the option text alone."""
+    letter, label = record.gt.get("letter"), record.gt.get("label")
+    if not letter or not label or answer.strip() != f"{letter}. {label}":
+        raise ValueError(f"closed answer {answer!r} is not '<letter>. <label>' of its gt ({letter!r}, {label!r})")
+    return str(label)
 
 
 def _read_rgb(path: str) -> Image.Image:

@@ -68,6 +68,8 @@ class DataSection:
     # training slide records' detail regions are re-read at every sighting, each shifted by up to this
     # fraction of its side (0: the exported crops); the cache keeps no shifted picture
     region_jitter: float = 0.0
+    # "text": closed-ended answers "C. <option>" are trained as the option text alone (options stay lettered)
+    closed_answers: Literal["letter", "text"] = "letter"
 
 
 @dataclass

@@ -147,7 +147,7 @@ class Trainer:
         return InstructionDataset(paths, self.processor, mixture_weights=weights, tasks=tasks, focus_boxes=focus,
                                   segmentation_output=d.segmentation_output,
                                   region_pool=d.region_pool, seed=self.config.train.seed, max_length=d.max_length,
-                                  region_jitter=region_jitter)
+                                  region_jitter=region_jitter, closed_answers=d.closed_answers)
 
     def _loader(self, dataset: InstructionDataset, sampler: Sampler[int], drop_last: bool = True) -> DataLoader:
         return DataLoader(dataset, batch_size=self.config.train.per_device_batch_size, sampler=sampler,
