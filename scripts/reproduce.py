@@ -20,17 +20,19 @@ held-out slides of base seed 0's test block, for the PGFC ablation) and data/syn
 seed 2's, generated in two parallel processes: slide-level questions need many slides).
 
 Runs:
-- `nano`: the shipped model, in two stages. `nano-base`: configs/train/nano-synthpath.yaml as it is
+- `nano`: the shipped model, in three stages. `nano-base`: configs/train/nano-synthpath.yaml as it is
   (patch records of data/synthpath, slide records of all the training slides), REPRO_STEPS steps.
-  `nano`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides' grade,
+  `nano-slides`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides' grade,
   subtype and organ questions and a quarter of the patch records, four passes, vision tower frozen
-  and cached, focus loss on the slides' tumours). Evaluated on the patch
+  and cached, focus loss on the slides' tumours). `nano`: configs/train/nano-synthpath-answers.yaml
+  from nano-slides (the same data, 300 steps, closed-ended answers trained as the option text
+  alone). Evaluated on the patch
   test records and, for the PGFC ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test
   seed block).
 - `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all with the uniform
   mixture of the train split and REPRO_ABLATION_STEPS steps, evaluated on the patch test records.
 
-nano's two stages (one lane) and the four ablation models (the other) train side by side, one
+nano's three stages (one lane) and the four ablation models (the other) train side by side, one
 thread per process, as do the evaluations of stage eval: on 2 cores that does a little more
 work per hour than one process at a time (1.02-1.07x in steady training, more with start-ups).
 
@@ -64,6 +66,7 @@ QUESTION_STYLES = ("closed", "open", "yes_no")
 UNIFORM = "data.train=[{path: data/synthpath/train.jsonl, weight: 1.0}]"  # the ablations' mixture
 NANO_CONFIG = "configs/train/nano-synthpath.yaml"  # nano's first stage (and the ablations')
 SLIDE_STAGE_CONFIG = "configs/train/nano-synthpath-slides.yaml"  # nano's second stage
+ANSWER_STAGE_CONFIG = "configs/train/nano-synthpath-answers.yaml"  # nano's third stage (the shipped model)
 ABLATIONS = {  # name -> OmniPathConfig.from_name overrides; "full" is their baseline (in this order, two lanes)
     "full": None,
     "no-uni-no-msff": {"use_uni": False, "scales": [1]},
@@ -301,12 +304,13 @@ def main() -> int:
     if "before" in STAGES:
         attention(untrained_nano(), "before")
     nano = RUNS / "nano" / "final"
-    # nano's two stages and the ablation models train in two lanes side by side (one thread each)
+    # nano's three stages and the ablation models train in two lanes side by side (one thread each)
     lanes = []
     if "nano" in STAGES:
-        base = RUNS / "nano-base" / "final"
+        base, slides = RUNS / "nano-base" / "final", RUNS / "nano-slides" / "final"
         lanes.append([train_command("nano-base", ENV["REPRO_STEPS"]),
-                      train_command("nano", None, extra=(f"model.checkpoint={base}",), config=SLIDE_STAGE_CONFIG)])
+                      train_command("nano-slides", None, extra=(f"model.checkpoint={base}",), config=SLIDE_STAGE_CONFIG),
+                      train_command("nano", None, extra=(f"model.checkpoint={slides}",), config=ANSWER_STAGE_CONFIG)])
     if "ablations" in STAGES:
         jobs = [[train_command(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,)),
                  evaluate_command(RUNS / name / "final", DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])]
@@ -332,7 +336,7 @@ def main() -> int:
         run([sys.executable, "scripts/feature_probe.py", str(untrained_nano()), str(nano),
              "--fit", str(extra_slides_dir(EXTRA_SEEDS[0]).relative_to(ROOT)), "--score", str(SLIDE_TEST.relative_to(ROOT)),
              "--out", str(RUNS / "feature_probe.json")])
-    if "compare" in STAGES:  # optional: what the second stage changed (the first stage on the same questions)
+    if "compare" in STAGES:  # optional: what the later stages changed (the first stage on the same questions)
         base = RUNS / "nano-base" / "final"
         evaluate(base, DATA / "test-patch.jsonl", RUNS / "eval-nano-base", ["none"])
         evaluate(base, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-base-slides", ["attention"])

@@ -472,9 +472,10 @@ def main() -> None:
                  "patch questions": (RUNS / "eval-nano-base", nano_eval, "none")}
     for title, (base_eval, nano_run, variant) in base_runs.items():
         if (base_eval / "summary.json").is_file() and (nano_run / "summary.json").is_file():
-            out += [f"### The second stage, {title} (held-out seeds)", "",
+            out += [f"### The later stages, {title} (held-out seeds)", "",
                     "nano-base is nano after its first stage (the mixture); nano adds the second (slide grade, subtype",
-                    "and organ questions, vision tower frozen). Accuracy (%) on the same test records:", "",
+                    "and organ questions, vision tower frozen) and the third (the same, closed answers as option text).",
+                    "Accuracy (%) on the same test records:", "",
                     runs_table({"nano-base": load_summaries(base_eval), "nano": load_summaries(nano_run)}, variant), ""]
     val_eval, val_questions = RUNS / "eval-nano-val-slides", ROOT / "data" / "synthpath-val-slides" / "val-questions.jsonl"
     if (val_eval / "summary.json").is_file() and val_questions.is_file():
@@ -546,7 +547,8 @@ def main() -> None:
     for name, title in (("before", "before training"), ("after", "after training")):
         if (ROOT / "docs" / "img" / f"attention_{name}.png").is_file():
             out += [f"### Attention {title} (figure 2 analogue)", "", f"![attention {title}](img/attention_{name}.png)", ""]
-    stages = {name: training_facts(RUNS / name) for name in ("nano-base", "nano") if (RUNS / name / "metrics.jsonl").is_file()}
+    stages = {name: training_facts(RUNS / name) for name in ("nano-base", "nano-slides", "nano")
+              if (RUNS / name / "metrics.jsonl").is_file()}
     facts = stages.get("nano-base")
     if stages:
         out += ["## Training of the shipped nano", ""]
@@ -564,11 +566,14 @@ def main() -> None:
     if card.is_dir() and "nano" in stages:
         first_config = facts["config"] if facts else (ROOT / "configs" / "train" / "nano-synthpath.yaml").read_text()
         shares = mixture_shares(first_config)
-        first_steps = (f"{facts['steps']} steps" if facts else
-                       "run by an earlier session, its run folder not in runs/repro/ (docs/RESULTS.md, History)")
-        second = stages["nano"]
-        second_shares = mixture_shares(second["config"], tasks=("grade", "subtype", "organ"))
-        replay = next((e.get("weight", 1.0) for e in yaml.safe_load(second["config"])["data"]["train"]
+        earlier = "run by an earlier session, its run folder not in runs/repro/ (docs/RESULTS.md)"
+        first_steps = f"{facts['steps']} steps" if facts else earlier
+        second = stages.get("nano-slides")
+        second_config = second["config"] if second else (ROOT / "configs" / "train" / "nano-synthpath-slides.yaml").read_text()
+        second_steps = f"{second['steps']} steps" if second else earlier
+        third = stages["nano"]
+        second_shares = mixture_shares(second_config, tasks=("grade", "subtype", "organ"))
+        replay = next((e.get("weight", 1.0) for e in yaml.safe_load(second_config)["data"]["train"]
                        if not e.get("tasks") and Path(e["path"]).name == "train-patch.jsonl"), 0.0)
         text = ["# omnipath-nano", "",
                 "OmniPath at CPU size (preset `nano`: SigLIP-style 192 px/16 + UNI-style ViT, scales (1, 2), a 6-layer",
@@ -581,17 +586,21 @@ def main() -> None:
                 f"- Stage 1 (configs/train/nano-synthpath.yaml): {first_steps}; global batch 16, AdamW lr 3e-4",
                 f"  cosine, fp32 on CPU, seed 0; every record has weight 1; slide records are {pct(shares['slide'])} % of the",
                 f"  mixture's {shares['records']:.0f} records, grade and subtype questions {pct(shares['asked'])} %",
-                f"- Stage 2 (configs/train/nano-synthpath-slides.yaml): {second['steps']} steps over",
+                f"- Stage 2 (configs/train/nano-synthpath-slides.yaml): {second_steps}; four passes over",
                 f"  {second_shares['records']:.0f} records per pass: the training slides' grade, subtype and organ questions",
                 f"  ({pct(second_shares['slide'])} %) and the patch records at weight {replay:g}, replayed (lr 2e-4 cosine; vision tower",
                 "  frozen and its features cached; focus loss weight 0.5; the LLM and projector train)",
-                f"- Wall time on 2 CPU cores: stage 1 {minutes(facts)}, stage 2 {minutes(second)}",
+                f"- Stage 3 (configs/train/nano-synthpath-answers.yaml): {third['steps']} steps, stage 2's data and",
+                "  settings with closed-ended answers trained as the option text alone (`data.closed_answers: text`);",
+                "  asked a closed question, nano answers with the option's text",
+                f"- Wall time on 2 CPU cores: stage 1 {minutes(facts)}, stage 2 {minutes(second)}, stage 3 {minutes(third)}",
                 "- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
                 "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",
                 "Slide rows use PGFC attention with 4 regions. Trained with `segmentation_output: mask`, the model",
                 "answers outline prompts with `<mask>` too; the `(polygons)` rows score those answers by their masks.",
                 "", "## Training configuration", "", "Stage 1:", "", "```yaml", first_config.strip(), "```", "",
-                "Stage 2:", "", "```yaml", second["config"].strip(), "```"]
+                "Stage 2:", "", "```yaml", second_config.strip(), "```", "",
+                "Stage 3:", "", "```yaml", third["config"].strip(), "```"]
         (card / "README.md").write_text("\n".join(text) + "\n")
     print("wrote docs/RESULTS.md" + (" and models/omnipath-nano/README.md" if card.is_dir() else ""))
 

@@ -31,6 +31,17 @@ def test_second_stage_asks_the_training_slides_grade_subtype_and_organ_with_a_ca
     assert config.data.region_pool == load_config(ROOT / repro.NANO_CONFIG).data.region_pool  # regions as in stage 1
 
 
+def test_third_stage_is_the_second_with_closed_answers_as_text(load_script):
+    repro = load_script("reproduce")
+    second = load_config(ROOT / repro.SLIDE_STAGE_CONFIG, ["model.checkpoint=runs/repro/nano-base/final"])
+    third = load_config(ROOT / repro.ANSWER_STAGE_CONFIG, ["model.checkpoint=runs/repro/nano-slides/final"])
+    third.validate(check_files=False)
+    assert second.data.closed_answers == "letter" and third.data.closed_answers == "text"
+    assert third.train.max_steps == 300 and third.model.preset is None
+    assert third.data.train == second.data.train and third.optim == second.optim  # the same data and settings
+    assert (third.train.focus_loss_weight, third.data.focus_boxes) == (second.train.focus_loss_weight, second.data.focus_boxes)
+
+
 def test_val_and_test_slides_come_from_blocks_no_training_file_uses(load_script):
     from omnipath_lvlm.synth.export import split_seeds
 
