@@ -247,6 +247,7 @@ class InstructionDataset(Dataset):
         boxes = [[float(v) for v in d["box"]] for d in record.regions]
         if not self._jitters(record):
             return [_read_rgb(d["image"]) for d in record.regions], boxes
+        from omnipath_lvlm.data.geometry import to_absolute
         from omnipath_lvlm.wsi.pgfc import read_regions
         from omnipath_lvlm.wsi.slide import open_slide
 
@@ -257,9 +258,8 @@ class InstructionDataset(Dataset):
             nx, ny = min(max(x1 + sx * w, 0.0), 1.0 - w), min(max(y1 + sy * h, 0.0), 1.0 - h)
             moved.append([round(nx, 4), round(ny, 4), round(nx + w, 4), round(ny + h, 4)])
         with open_slide(record.slide) as slide:
-            width, height = slide.dimensions
-            level0 = [(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in moved]
-            return read_regions(slide, level0, self.processor.max_image_size), moved
+            level0 = to_absolute(moved, *slide.dimensions)  # (R, 4) level-0 x1, y1, x2, y2
+            return read_regions(slide, level0.tolist(), self.processor.max_image_size), moved
 
     def _focus(self, record: Record) -> tuple[Encoded | None, torch.Tensor | None]:
         """PGFC's prompt for this record and its target tokens, when ``gt[focus_boxes]`` lists boxes.
