@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from omnipath_lvlm.wsi import NUM_REGIONS_HELP
+
 
 def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     import numpy as np
     from PIL import Image
 
     from omnipath_lvlm.wsi.outputs import write_outputs
-    from omnipath_lvlm.wsi.pgfc import PGFCConfig
     from omnipath_lvlm.wsi.pipeline import load_engine
     from omnipath_lvlm.wsi.report import write_report
     from omnipath_lvlm.wsi.slide import SlideError, open_slide
@@ -29,7 +30,7 @@ def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO
         print(f"error: cannot read the slide: {exc}", file=sys.stderr)
         return 2
     engine = load_engine(args.model)
-    pgfc = PGFCConfig(num_regions=args.num_regions, mode=args.pgfc)
+    pgfc = engine.pgfc.with_overrides(mode=args.pgfc, num_regions=args.num_regions)
     history: list[tuple[str, str]] = []
     out = Path(args.out)
     print(f"OmniPath chat about {args.source} ({engine.model_name}); /quit to stop, /mask FILE.png QUESTION to point at a region.",
@@ -81,6 +82,6 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="nano", help="nano, test-tiny or a model folder")
     p.add_argument("--out", default="chat-out", help="folder for each turn's outputs")
     p.add_argument("--pgfc", default="attention", choices=["attention", "random", "none"])
-    p.add_argument("--num-regions", type=int, default=8)
+    p.add_argument("--num-regions", type=int, help=NUM_REGIONS_HELP)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.set_defaults(func=run_chat)

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from omnipath_lvlm.wsi import NUM_REGIONS_HELP
+
 DEFAULT_QUESTION = "Grade the cancer in this image."
 
 
@@ -20,7 +22,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from omnipath_lvlm.synth.slide import write_slide
     from omnipath_lvlm.wsi.outputs import write_outputs
-    from omnipath_lvlm.wsi.pgfc import PGFCConfig
     from omnipath_lvlm.wsi.pipeline import load_engine
     from omnipath_lvlm.wsi.report import write_report
     from omnipath_lvlm.wsi.slide import open_slide
@@ -39,8 +40,8 @@ def run_demo(args: argparse.Namespace) -> int:
     steps.update()
     steps.set_postfix_str("analysing (thumbnail, token scores, detail regions, answer)")
     with open_slide(slide_path) as slide:
-        analysis = engine.analyze(slide, args.question, pgfc=PGFCConfig(num_regions=args.num_regions, mode=args.pgfc),
-                                  max_new_tokens=args.max_new_tokens)
+        pgfc = engine.pgfc.with_overrides(mode=args.pgfc, num_regions=args.num_regions)
+        analysis = engine.analyze(slide, args.question, pgfc=pgfc, max_new_tokens=args.max_new_tokens)
         steps.update()
         steps.set_postfix_str("writing outputs")
         result_dir = out / "result"
@@ -70,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="nano", help="nano (default), test-tiny or a model folder")
     p.add_argument("-q", "--question", default=DEFAULT_QUESTION)
     p.add_argument("--pgfc", default="attention", choices=["attention", "random", "none"])
-    p.add_argument("--num-regions", type=int, default=8)
+    p.add_argument("--num-regions", type=int, help=NUM_REGIONS_HELP)
     p.add_argument("--max-new-tokens", type=int, default=64)
 
 

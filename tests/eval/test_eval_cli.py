@@ -68,6 +68,25 @@ def test_eval_refuses_a_folder_of_another_setting(evaluated, capsys):
     assert "max_new_tokens" in capsys.readouterr().err
 
 
+def test_eval_reads_regions_with_the_models_own_pgfc_settings(tmp_path):
+    from omnipath_lvlm.wsi.pgfc import PGFCConfig
+    from omnipath_lvlm.wsi.pipeline import untrained_pipeline
+
+    engine = untrained_pipeline("test-tiny")
+    model = tmp_path / "model"
+    engine.model.save_pretrained(model)
+    engine.processor.save_pretrained(model)
+    PGFCConfig(num_regions=2, region_pool=1).save(model)
+    test_set = write_test_set(tmp_path / "data")
+    for extra, expected in (([], 2), (["--num-regions", "5"], 5)):
+        out = tmp_path / f"run{expected}"
+        argv = ["eval", "--model", str(model), "--data", str(test_set), "--out", str(out), "--max-new-tokens", "2",
+                "--limit", "1", *extra]
+        assert main(argv) == 0
+        run = json.loads((out / "run.json").read_text())
+        assert (run["num_regions"], run["region_pool"]) == (expected, 1)
+
+
 def test_eval_without_required_options_fails_clearly(capsys):
     assert main(["eval", "--model", "test-tiny"]) == 2
     assert "--data, --out" in capsys.readouterr().err

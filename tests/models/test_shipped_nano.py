@@ -22,6 +22,9 @@ def test_shipped_nano_is_small_and_answers(tmp_path):
         engine = load_engine("nano")
     assert engine.model_name == "nano"
     assert engine.model.config.preset == "nano"
+    # it ships the PGFC settings it was trained and evaluated with (scripts/reproduce.py's REPRO_NUM_REGIONS)
+    assert (engine.pgfc.num_regions, engine.pgfc.region_pool) == (4, 3)
     analysis = engine.analyze(slide, "What organ is this?", max_new_tokens=12)
+    assert len(analysis.regions) == 4
     assert analysis.answer.strip() != ""
     assert analysis.meta["new_tokens"] >= 1

@@ -216,3 +216,23 @@ def test_pipeline_reads_the_marker_cells_of_a_written_slide(tmp_path):
     assert np.argwhere(analysis.tissue_grid).tolist() == [[2, 4], [4, 1]]
     for region in analysis.regions:
         assert region.box == pytest.approx(cell_box(region.token, 6, SLIDE))
+
+
+def test_settings_saved_beside_a_model_come_back_as_its_defaults(tmp_path):
+    import json
+
+    assert PGFCConfig.for_model(None) == PGFCConfig() == PGFCConfig.for_model(tmp_path)  # nothing saved: defaults
+    path = PGFCConfig(num_regions=4, region_pool=2, mode="random", seed=7).save(tmp_path)
+    stored = json.loads(path.read_text())
+    assert stored["num_regions"] == 4 and "mode" not in stored and "seed" not in stored  # run-time choices stay out
+    loaded = PGFCConfig.for_model(tmp_path)
+    assert (loaded.num_regions, loaded.region_pool, loaded.mode, loaded.seed) == (4, 2, "attention", 0)
+    assert loaded.with_overrides(mode="none") == PGFCConfig(num_regions=4, region_pool=2, mode="none")
+    assert loaded.with_overrides(num_regions=0).num_regions == 0 and loaded.with_overrides().num_regions == 4
+
+    path.write_text(json.dumps({**stored, "regions": 3}))
+    with pytest.raises(ValueError, match=r"pgfc\.json: unknown PGFC settings \['regions'\]"):
+        PGFCConfig.for_model(tmp_path)
+    path.write_text(json.dumps({**stored, "region_pool": 0}))
+    with pytest.raises(ValueError, match=r"pgfc\.json: region_pool must be >= 1"):
+        PGFCConfig.for_model(tmp_path)

@@ -139,6 +139,23 @@ def test_load_engine_from_a_saved_directory(engine, tmp_path):
     loaded = load_engine(tmp_path)
     picture = tissue_picture()
     assert loaded.analyze(picture, "Grade?", max_new_tokens=4).answer == engine.analyze(picture, "Grade?", max_new_tokens=4).answer
+    assert loaded.pgfc == PGFCConfig()  # no pgfc.json: the defaults
+
+
+def test_a_saved_models_pgfc_settings_are_analyzes_defaults(engine, tmp_path):
+    model = tmp_path / "model"
+    engine.model.save_pretrained(model)
+    engine.processor.save_pretrained(model)
+    PGFCConfig(num_regions=3, region_pool=2).save(model)
+    assert load_engine(model).pgfc == PGFCConfig(num_regions=3, region_pool=2)
+    picture = tmp_path / "tissue.png"
+    tissue_picture().save(picture)
+    for extra, expected in (([], 3), (["--num-regions", "1"], 1)):
+        out = tmp_path / f"out{expected}"
+        assert main(["analyze", str(picture), "-q", "Grade?", "--model", str(model), "--out", str(out),
+                     "--max-new-tokens", "2", *extra]) == 0
+        answer = json.loads((out / "answer.json").read_text())
+        assert len(answer["regions"]) == expected and answer["meta"]["pgfc"]["region_pool"] == 2
 
 
 def test_bad_file_raises_slide_error(engine, tmp_path):

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pgfc", nargs="+", choices=PGFC_CHOICES, default=["attention"],
                         help="PGFC mode(s) for slide-level records; several modes give the ablation; 'record' "
                              "reads the regions each record lists instead of choosing (default: attention)")
-    parser.add_argument("--num-regions", type=int, default=8, help="detail regions PGFC adds per slide (default 8)")
+    parser.add_argument("--num-regions", type=int,
+                        help="detail regions PGFC adds per slide (default: the model's, from its pgfc.json; else 8)")
     parser.add_argument("--batch-size", type=int, default=4, help="items generated together (default 4)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length cap (default 512)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
@@ -65,10 +66,14 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from omnipath_lvlm.eval.runner import EvalConfig, run_eval
+    from omnipath_lvlm.wsi.pgfc import PGFCConfig
+    from omnipath_lvlm.wsi.pipeline import model_folder
 
     try:
+        trained = PGFCConfig.for_model(model_folder(args.model))  # the model's own S and pooling
         config = EvalConfig(model=args.model, data=args.data, out=args.out, pgfc=tuple(args.pgfc),
-                            num_regions=args.num_regions, batch_size=args.batch_size,
+                            num_regions=trained.num_regions if args.num_regions is None else args.num_regions,
+                            region_pool=trained.region_pool, batch_size=args.batch_size,
                             max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
                             group_by=args.group_by, centroid_radius_px=args.centroid_radius)
     except ValueError as exc:

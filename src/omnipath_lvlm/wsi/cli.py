@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from omnipath_lvlm.wsi import NUM_REGIONS_HELP
+
 DISPLAY_SIZE = 1024  # side of the thumbnail the pictures are drawn on
 
 
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("--model", default="nano", help="test-tiny, nano, or a saved model directory (default: nano)")
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
     analyze.add_argument("--pgfc", choices=("attention", "random", "none"), default="attention")
-    analyze.add_argument("--num-regions", type=int, default=8, help="S, detail regions per answer (default 8)")
+    analyze.add_argument("--num-regions", type=int, help=NUM_REGIONS_HELP)
     analyze.add_argument("--region", type=_box, action="append", metavar="X1,Y1,X2,Y2",
                          help="read this level-0 box as a detail region instead of choosing regions (repeatable; "
                               "e.g. a region of interest drawn in QuPath)")
@@ -92,11 +94,10 @@ def _box(text: str) -> list[float]:
 def analyze_one(engine, slide_path: Path, out_dir: Path, args: argparse.Namespace) -> str:
     """Analyse one slide and atomically write its five result files; returns the answer."""
     from omnipath_lvlm.wsi.outputs import write_outputs
-    from omnipath_lvlm.wsi.pgfc import PGFCConfig
     from omnipath_lvlm.wsi.report import write_report
     from omnipath_lvlm.wsi.slide import open_slide
 
-    pgfc = PGFCConfig(num_regions=args.num_regions, mode=args.pgfc)
+    pgfc = engine.pgfc.with_overrides(mode=args.pgfc, num_regions=args.num_regions)
     with open_slide(slide_path) as slide:
         analysis = engine.analyze(slide, args.question, pgfc=pgfc, max_new_tokens=args.max_new_tokens,
                                   regions=args.region)

@@ -19,9 +19,11 @@ This module holds the pieces; `omnipath_lvlm.wsi.pipeline` strings them together
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -35,6 +37,8 @@ from omnipath_lvlm.model.focus import first_layer_attention as layer0_attention
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2)
 Mode = Literal["attention", "random", "none"]
 MODES: tuple[str, ...] = ("attention", "random", "none")
+PGFC_FILE = "pgfc.json"  # beside a model's weights: the PGFC settings it was trained to read
+_RUN_TIME_FIELDS = ("mode", "seed")  # chosen per question, never stored with a model
 
 
 class RegionSource(Protocol):
@@ -86,6 +90,37 @@ class PGFCConfig:
     def active(self) -> bool:
         """Whether any detail region is read at all."""
         return self.mode != "none" and self.num_regions > 0
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write the settings a model was trained with (not ``mode`` or ``seed``) to ``model_dir/pgfc.json``."""
+        path = Path(model_dir) / PGFC_FILE
+        stored = {k: v for k, v in asdict(self).items() if k not in _RUN_TIME_FIELDS}
+        path.write_text(json.dumps(stored, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def for_model(cls, model_dir: str | Path | None) -> PGFCConfig:
+        """The defaults for a model: its ``pgfc.json`` when it has one, else the class defaults.
+
+        ValueError names the file when it holds unknown keys or values that fail validation.
+        """
+        path = None if model_dir is None else Path(model_dir) / PGFC_FILE
+        if path is None or not path.is_file():
+            return cls()
+        stored = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)} - set(_RUN_TIME_FIELDS)
+        unknown = sorted(set(stored) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown PGFC settings {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**stored)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def with_overrides(self, mode: str | None = None, num_regions: int | None = None) -> PGFCConfig:
+        """This config with a caller's choices (None keeps the value)."""
+        changes = {k: v for k, v in (("mode", mode), ("num_regions", num_regions)) if v is not None}
+        return replace(self, **changes)
 
 
 # --------------------------------------------------------------------------- token scores

@@ -332,6 +332,14 @@ def untrained_pipeline(preset: str = "test-tiny", seed: int = 0, **overrides: An
     return OmniPathPipeline(model, OmniPathProcessor.for_config(config), model_name=f"{preset} ({UNTRAINED_NOTE})")
 
 
+def model_folder(model_name_or_dir: str | Path) -> Path | None:
+    """The saved-model folder a model name means ("nano": the bundled one, when present; a folder: itself)."""
+    name = str(model_name_or_dir)
+    if name == "nano":
+        return NANO_DIR if NANO_DIR.is_dir() else None
+    return Path(name) if name != "test-tiny" and Path(name).is_dir() else None
+
+
 def load_engine(model_name_or_dir: str | Path) -> OmniPathPipeline:
     """The pipeline for a model name or a saved model directory.
 
@@ -369,4 +377,4 @@ def _load_directory(path: Path, label: str) -> OmniPathPipeline:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = OmniPathForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
     processor = OmniPathProcessor.from_pretrained(path)
-    return OmniPathPipeline(model, processor, model_name=label)
+    return OmniPathPipeline(model, processor, model_name=label, pgfc=PGFCConfig.for_model(path))
