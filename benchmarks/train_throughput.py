@@ -1,6 +1,6 @@
 """Training throughput of the `nano` preset on CPU, with and without gradient checkpointing.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 4] [--batch 2] [--preset nano] [--lanes]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 4] [--batch 2] [--preset nano] [--lanes | --precision]
 
 Each setting runs in its own process (so peak memory is its own): the model and AdamW are
 built by the training recipe (`build_model`, `build_optimizer`), one warm-up step runs, then
@@ -12,7 +12,11 @@ the peak resident memory of the process and its growth over the training steps
 ``--lanes`` instead compares two ways of using the machine's cores for two independent runs:
 one process using every core, against one process per core side by side (each with one
 thread), measured in turn in this run. Printed: samples/s of both together, and their ratio
-(scripts/reproduce.py trains nano beside its ablation models in lanes).
+(scripts/reproduce.py trains the ablation models in two lanes).
+
+``--precision`` instead compares fp32 with bf16 autocast (what `train.precision: bf16` gives on a
+CPU through accelerate), measured in turn in this run: samples/s of each and their ratio. On a CPU
+with AMX or AVX512-bf16 the bf16 matrix products run natively; elsewhere they are emulated.
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _measure(preset: str, checkpointing: bool, steps: int, batch_size: int, queue, threads: int | None = None) -> None:
+def _measure(preset: str, checkpointing: bool, steps: int, batch_size: int, queue, threads: int | None = None,
+             precision: str = "fp32") -> None:
+    from contextlib import nullcontext
+
     import numpy as np
     import torch
 
@@ -56,8 +63,11 @@ def _measure(preset: str, checkpointing: bool, steps: int, batch_size: int, queu
              "pixel_values": processor.preprocess_images(images), "image_pool": torch.ones(batch_size, dtype=torch.long),
              "mask_targets": targets}
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
     def step() -> float:
-        out = model(**batch, use_cache=False)
+        with autocast:
+            out = model(**batch, use_cache=False)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -69,7 +79,7 @@ def _measure(preset: str, checkpointing: bool, steps: int, batch_size: int, queu
     for _ in range(steps):
         step()
     elapsed = time.perf_counter() - start
-    queue.put({"checkpointing": checkpointing, "samples_per_s": steps * batch_size / elapsed,
+    queue.put({"checkpointing": checkpointing, "precision": precision, "samples_per_s": steps * batch_size / elapsed,
                "s_per_step": elapsed / steps, "peak_rss_mib": _peak_rss_mib(),
                "rss_growth_mib": _peak_rss_mib() - before, "tokens": int(padded["input_ids"].shape[1]),
                "params_m": sum(p.numel() for p in model.parameters()) / 1e6})
@@ -81,10 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lanes", action="store_true", help="one process on every core vs one process per core")
+    parser.add_argument("--precision", action="store_true", help="fp32 vs bf16 autocast")
     args = parser.parse_args(argv)
     context = mp.get_context("spawn")
     if args.lanes:
         return lanes(context, args)
+    if args.precision:
+        return precisions(context, args)
     rows = []
     for checkpointing in (False, True):
         queue = context.Queue()
@@ -100,6 +113,23 @@ def main(argv: list[str] | None = None) -> int:
         name = "on" if row["checkpointing"] else "off"
         print(f"{name:<24}{row['samples_per_s']:>10.2f}{row['s_per_step']:>9.2f}{row['peak_rss_mib']:>14.0f}"
               f"{row['rss_growth_mib']:>12.0f}")
+    return 0
+
+
+def precisions(context, args) -> int:
+    """Samples/s in fp32, then with bf16 autocast, each in its own process using every core."""
+    rows = []
+    for precision in ("fp32", "bf16"):
+        queue = context.Queue()
+        process = context.Process(target=_measure, args=(args.preset, False, args.steps, args.batch, queue, None, precision))
+        process.start()
+        rows.append(queue.get())
+        process.join()
+    print(f"preset {args.preset}: batch {args.batch} x {rows[0]['tokens']} tokens, {args.steps} timed steps, CPU")
+    print(f"{'precision':<12}{'samples/s':>10}{'s/step':>9}{'peak RSS MiB':>14}")
+    for row in rows:
+        print(f"{row['precision']:<12}{row['samples_per_s']:>10.2f}{row['s_per_step']:>9.2f}{row['peak_rss_mib']:>14.0f}")
+    print(f"bf16 / fp32: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x the samples per second")
     return 0
 
 

@@ -6,7 +6,7 @@ run resumes. Budget knobs (environment variables, defaults sized for a 2-core CP
 
     REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_TEST_SLIDES=36 REPRO_EXTRA_SLIDES=240 REPRO_SLIDE_SIZE=6144
     REPRO_STEPS=600 REPRO_ABLATION_STEPS=250 REPRO_VAL_SLIDES=30
-    REPRO_STAGES=data,before,nano,eval,after,ablations,results     (any subset, in this order;
+    REPRO_STAGES=data,before,nano,ablations,eval,after,results     (any subset; run in this order;
                  "after" also measures where A_last falls (scripts/attention_stats.py) and probes
                  the image features for slide labels (scripts/feature_probe.py);
                  add "val" to evaluate on validation slides (base seed 1's val block) and "compare"
@@ -20,21 +20,22 @@ held-out slides of base seed 0's test block, for the PGFC ablation) and data/syn
 seed 2's, generated in two parallel processes: slide-level questions need many slides).
 
 Runs:
-- `nano`: the shipped model, in three stages. `nano-base`: configs/train/nano-synthpath.yaml as it is
-  (patch records of data/synthpath, slide records of all the training slides), REPRO_STEPS steps.
-  `nano-slides`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides' grade,
-  subtype and organ questions and a quarter of the patch records, four passes, vision tower frozen
-  and cached, focus loss on the slides' tumours). `nano`: configs/train/nano-synthpath-answers.yaml
+- `nano`: the shipped model, in three stages (NANO_STAGES). `nano-base`: configs/train/nano-synthpath.yaml
+  as it is (patch records of data/synthpath, slide records of all the training slides), REPRO_STEPS
+  steps. `nano-slides`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides'
+  grade, subtype and organ questions and a quarter of the patch records, four passes, vision tower
+  frozen and cached, focus loss on the slides' tumours). `nano`: configs/train/nano-synthpath-answers.yaml
   from nano-slides (the same data, 300 steps, closed-ended answers trained as the option text
-  alone). Evaluated on the patch
-  test records and, for the PGFC ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test
-  seed block).
-- `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all with the uniform
-  mixture of the train split and REPRO_ABLATION_STEPS steps, evaluated on the patch test records.
+  alone). Evaluated on the patch test records and, for the PGFC ablation, on REPRO_TEST_SLIDES
+  held-out slides (SynthPath's test seed block).
+- `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all on the patch records of
+  data/synthpath's train split (the tables are patch-level) and REPRO_ABLATION_STEPS steps,
+  evaluated on the patch test records.
 
-nano's three stages (one lane) and the four ablation models (the other) train side by side, one
-thread per process, as do the evaluations of stage eval: on 2 cores that does a little more
-work per hour than one process at a time (1.02-1.07x in steady training, more with start-ups).
+nano's stages run one after another in one process using every core. The four ablation models
+then train in two lanes side by side, one thread per process, about equal work per lane (on 2 cores
+two lanes do 1.02-1.07x the work of one process; lanes of unequal length would leave a core idle at
+the end), as do the evaluations of stage eval. No run computes a validation loss (no table reads it).
 
 Test data use seeds never used for training (SynthPath's split seed blocks); nothing is tuned on
 the test split. The final nano is copied to models/omnipath-nano/ (bf16 weights) with its card.
@@ -61,17 +62,22 @@ ENV = {k: int(os.environ.get(k, v)) for k, v in {
     "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_EXTRA_SLIDES": 240, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
     "REPRO_ABLATION_STEPS": 250, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4,
     "REPRO_VAL_SLIDES": 30}.items()}
-STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,eval,after,ablations,results").split(",")
+STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,ablations,eval,after,results").split(",")
 QUESTION_STYLES = ("closed", "open", "yes_no")
-UNIFORM = "data.train=[{path: data/synthpath/train.jsonl, weight: 1.0}]"  # the ablations' mixture
+PATCH_ONLY = "data.train=[{path: data/synthpath/train-patch.jsonl, weight: 1.0}]"  # the ablations' data
 NANO_CONFIG = "configs/train/nano-synthpath.yaml"  # nano's first stage (and the ablations')
 SLIDE_STAGE_CONFIG = "configs/train/nano-synthpath-slides.yaml"  # nano's second stage
-ANSWER_STAGE_CONFIG = "configs/train/nano-synthpath-answers.yaml"  # nano's third stage (the shipped model)
-ABLATIONS = {  # name -> OmniPathConfig.from_name overrides; "full" is their baseline (in this order, two lanes)
-    "full": None,
+ANSWER_STAGE_CONFIG = "configs/train/nano-synthpath-answers.yaml"  # nano's third stage
+NANO_STAGES = (  # (run name, config): nano's stages in order, each from the one before; the last is shipped
+    ("nano-base", NANO_CONFIG),  # REPRO_STEPS steps; the others their config's epochs or max_steps
+    ("nano-slides", SLIDE_STAGE_CONFIG),
+    ("nano", ANSWER_STAGE_CONFIG),
+)
+ABLATIONS = {  # name -> OmniPathConfig.from_name overrides; "full" is their baseline. Two lanes take every
+    "full": None,  # other one (full, no-uni-no-msff | no-msff, no-uni): seconds per sample 0.37 + 0.22 against
+    "no-msff": {"scales": [1]},  # 0.25 + 0.30 (docs/BENCHMARKS.md), about equal work per lane
     "no-uni-no-msff": {"use_uni": False, "scales": [1]},
     "no-uni": {"use_uni": False},
-    "no-msff": {"scales": [1]},
 }
 LOG = RUNS / "commands.log"
 
@@ -243,8 +249,9 @@ def train_command(name: str, steps: int | None, overrides: dict | None = None, e
     out = RUNS / name
     if (out / "final" / "config.json").is_file():
         return None
+    # no validation loss during training (no table reads it; stage 1 would spend about 4 min on it)
     args = [*OMNIPATH, "train", config, f"output_dir={out}", *([] if steps is None else [f"train.max_steps={steps}"]),
-            "logging.progress=false", "data.max_length=640", *extra]
+            "logging.progress=false", "data.max_length=640", "data.eval=[]", "logging.eval_every=null", *extra]
     if overrides:
         args.append("model.overrides=" + json.dumps(overrides))
     if (out / "checkpoints").is_dir():
@@ -276,12 +283,27 @@ def evaluate(model: Path, data: Path, out: Path, pgfc: list[str]) -> None:
         run(command)
 
 
+def ablation_lanes() -> list[list[list[str] | None]]:
+    """The ablation models' train-then-evaluate commands in two lanes of about equal work.
+
+    ABLATIONS alternate between the lanes (full, no-uni-no-msff | no-msff, no-uni): the costliest
+    model shares a lane with the cheapest. Each trains on the patch records only (the tables are
+    patch-level) and is scored on the patch test records.
+    """
+    jobs = [[train_command(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(PATCH_ONLY,)),
+             evaluate_command(RUNS / name / "final", DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])]
+            for name, overrides in ABLATIONS.items()]
+    return [sum(jobs[0::2], []), sum(jobs[1::2], [])]
+
+
 def ship(final: Path) -> None:
     """Copy the trained nano into models/omnipath-nano (bf16 safetensors, under 50 MB) with its card."""
     import torch
 
     from omnipath_lvlm.model import OmniPathForConditionalGeneration
     from omnipath_lvlm.processing import OmniPathProcessor
+    from omnipath_lvlm.train.config import load_config
+    from omnipath_lvlm.wsi.pgfc import PGFCConfig
 
     dest = ROOT / "models" / "omnipath-nano"
     tmp = dest.with_name(".omnipath-nano.tmp")
@@ -289,6 +311,9 @@ def ship(final: Path) -> None:
     model = OmniPathForConditionalGeneration.from_pretrained(final, dtype=torch.bfloat16)
     model.save_pretrained(tmp)
     OmniPathProcessor.from_pretrained(final).save_pretrained(tmp)
+    # the regions it was trained and evaluated with, so that analyze, chat and serve default to them
+    trained = load_config(ROOT / NANO_STAGES[-1][1], [f"model.checkpoint={final}"])
+    PGFCConfig(num_regions=ENV["REPRO_NUM_REGIONS"], region_pool=trained.data.region_pool).save(tmp)
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 2**20
     if size > 50:
         raise RuntimeError(f"the nano export is {size:.1f} MB, over the 50 MB budget")
@@ -303,23 +328,16 @@ def main() -> int:
         stage_data()
     if "before" in STAGES:
         attention(untrained_nano(), "before")
-    nano = RUNS / "nano" / "final"
-    # nano's three stages and the ablation models train in two lanes side by side (one thread each)
-    lanes = []
-    if "nano" in STAGES:
-        base, slides = RUNS / "nano-base" / "final", RUNS / "nano-slides" / "final"
-        lanes.append([train_command("nano-base", ENV["REPRO_STEPS"]),
-                      train_command("nano-slides", None, extra=(f"model.checkpoint={base}",), config=SLIDE_STAGE_CONFIG),
-                      train_command("nano", None, extra=(f"model.checkpoint={slides}",), config=ANSWER_STAGE_CONFIG)])
-    if "ablations" in STAGES:
-        jobs = [[train_command(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(UNIFORM,)),
-                 evaluate_command(RUNS / name / "final", DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])]
-                for name, overrides in ABLATIONS.items()]
-        # beside nano: one lane of them all; alone: two lanes, alternating
-        lanes += [sum(jobs, [])] if lanes else [sum(jobs[0::2], []), sum(jobs[1::2], [])]
-    run_lanes(lanes)
-    if "nano" in STAGES:
+    nano = RUNS / NANO_STAGES[-1][0] / "final"
+    if "nano" in STAGES:  # one process with every core: nano's stages depend on each other
+        previous = None
+        for name, config in NANO_STAGES:
+            train(name, ENV["REPRO_STEPS"] if previous is None else None, config=config,
+                  extra=() if previous is None else (f"model.checkpoint={RUNS / previous / 'final'}",))
+            previous = name
         ship(nano)
+    if "ablations" in STAGES:
+        run_lanes(ablation_lanes())
     if "val" in STAGES:  # optional: validation slides, looked at before the test slides
         evaluate(nano, val_questions(), RUNS / "eval-nano-val-slides", ["none", "attention", "record"])
     if "eval" in STAGES:  # two lanes: the patch test records beside the slide questions

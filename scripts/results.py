@@ -423,6 +423,71 @@ def ablation_table(runs: dict[str, dict]) -> str:
     return "\n".join(lines + detail)
 
 
+def nano_stages() -> tuple[tuple[str, str], ...]:
+    """(run name, config path) of nano's training stages, as scripts/reproduce.py runs them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("omnipath_reproduce_stages", ROOT / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(module.NANO_STAGES)
+
+
+def stage_description(config_yaml: str) -> list[str]:
+    """A training config in card lines: optimiser, data mixture, and the settings that differ from plain training."""
+    config = yaml.safe_load(config_yaml)
+    optim, train, data = config.get("optim", {}), config.get("train", {}), config.get("data", {})
+    filtered = [e for e in data["train"] if e.get("tasks")]
+    tasks = tuple(sorted({t for e in filtered for t in e["tasks"]})) or ("grade", "subtype")
+    shares = mixture_shares(config_yaml, tasks=tasks)
+    replay = [e.get("weight", 1.0) for e in data["train"] if not e.get("tasks") and Path(e["path"]).name == "train-patch.jsonl"]
+    asked = f"the slides' {', '.join(tasks)} questions" if filtered else "grade and subtype questions"
+    lines = [f"global batch {train.get('global_batch_size')}, AdamW lr {optim.get('lr'):g} {optim.get('schedule', '')}, "
+             f"{train.get('precision', 'auto')} on CPU, seed {train.get('seed')}",
+             f"{shares['records']:.0f} records per pass; slide records {pct(shares['slide'])} %, {asked} {pct(shares['asked'])} %"
+             + (f"; patch records replayed at weight {replay[0]:g}" if replay and replay[0] != 1 else "")]
+    if optim.get("freeze"):
+        lines.append("frozen: " + ", ".join(optim["freeze"])
+                     + ("; the vision tower's features cached" if data.get("cache_vision_features") else ""))
+    if train.get("focus_loss_weight"):
+        lines.append(f"focus loss weight {train['focus_loss_weight']:g} (first-layer attention towards each slide's "
+                     f"{data.get('focus_boxes')})")
+    if data.get("closed_answers") == "text":
+        lines.append("closed-ended answers trained as the option text alone (asked a closed question, nano answers "
+                     "with the option's text)")
+    return lines
+
+
+def model_card(stages: dict[str, dict], card_metrics: str) -> str:
+    """models/omnipath-nano/README.md: data, each stage's config, steps and wall time, test metrics."""
+    earlier = "run by an earlier session, its run folder not in runs/repro/ (docs/RESULTS.md)"
+    text = ["# omnipath-nano", "",
+            "OmniPath at CPU size (preset `nano`: SigLIP-style 192 px/16 + UNI-style ViT, scales (1, 2), a 6-layer",
+            "384-wide Llama, ResNet mask encoder, SAM-style decoder; 22.5 M parameters, bf16 weights), trained",
+            "from scratch on SynthPath only. It knows nothing of real tissue: it exists so that every interface",
+            "works without a download, and to test the paper's claims in miniature.", "",
+            "- Data (the `omnipath synth patches` commands in docs/RESULTS.md): the train split of",
+            "  data/synthpath (base seed 0: 720 patches, 48 slides) and the train splits of base seeds 1 and 2",
+            "  (240 more slides). Test metrics use base seed 0's test block; no test seed is a training seed."]
+    configs = []
+    for k, (name, path) in enumerate(nano_stages(), start=1):
+        facts = stages.get(name)
+        config_yaml = facts["config"] if facts and facts["config"] else (ROOT / path).read_text()
+        configs.append((k, config_yaml))
+        steps = f"{facts['steps']} steps" if facts else earlier
+        start = "from scratch" if k == 1 else f"from stage {k - 1}"
+        text.append(f"- Stage {k} ({path}): {steps} {start}, {minutes(facts)} on 2 CPU cores;")
+        text += [f"  {line};" for line in stage_description(config_yaml)]
+    text += ["- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
+             "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",
+             "Slide rows use PGFC attention with 4 regions. Trained with `segmentation_output: mask`, the model",
+             "answers outline prompts with `<mask>` too; the `(polygons)` rows score those answers by their masks.",
+             "", "## Training configuration"]
+    for k, config_yaml in configs:
+        text += ["", f"Stage {k}:", "", "```yaml", config_yaml.strip(), "```"]
+    return "\n".join(text) + "\n"
+
+
 def main() -> None:
     out = ["# Results: the paper's claims in miniature on SynthPath", "",
            "Produced by `scripts/reproduce.py` then `scripts/results.py`; every number below is read from",
@@ -473,8 +538,8 @@ def main() -> None:
     for title, (base_eval, nano_run, variant) in base_runs.items():
         if (base_eval / "summary.json").is_file() and (nano_run / "summary.json").is_file():
             out += [f"### The later stages, {title} (held-out seeds)", "",
-                    "nano-base is nano after its first stage (the mixture); nano adds the second (slide grade, subtype",
-                    "and organ questions, vision tower frozen) and the third (the same, closed answers as option text).",
+                    "nano-base is nano after its first stage (the mixture); nano adds the later stages (slide questions,",
+                    "vision tower frozen; the model card lists them).",
                     "Accuracy (%) on the same test records:", "",
                     runs_table({"nano-base": load_summaries(base_eval), "nano": load_summaries(nano_run)}, variant), ""]
     val_eval, val_questions = RUNS / "eval-nano-val-slides", ROOT / "data" / "synthpath-val-slides" / "val-questions.jsonl"
@@ -521,7 +586,7 @@ def main() -> None:
     if ablations and (full_eval / "summary.json").is_file():
         runs = {"full": {k: v for k, v in load_summaries(full_eval).items() if v["level"] == "patch"}, **ablations}
         out += ["## UNI and MSFF ablation (tables 9 and 10 analogue)", "",
-                "Same data (the uniform mixture of the train split), same steps, same seed; patch-level test",
+                "Same data (the patch records of the train split), same steps, same seed; patch-level test",
                 "records. The baseline here is `full`, trained like the ablations, not the shipped nano.", "",
                 ablation_table(runs), ""]
     else:
@@ -547,9 +612,7 @@ def main() -> None:
     for name, title in (("before", "before training"), ("after", "after training")):
         if (ROOT / "docs" / "img" / f"attention_{name}.png").is_file():
             out += [f"### Attention {title} (figure 2 analogue)", "", f"![attention {title}](img/attention_{name}.png)", ""]
-    stages = {name: training_facts(RUNS / name) for name in ("nano-base", "nano-slides", "nano")
-              if (RUNS / name / "metrics.jsonl").is_file()}
-    facts = stages.get("nano-base")
+    stages = {name: training_facts(RUNS / name) for name, _ in nano_stages() if (RUNS / name / "metrics.jsonl").is_file()}
     if stages:
         out += ["## Training of the shipped nano", ""]
         for name, f in stages.items():
@@ -563,45 +626,8 @@ def main() -> None:
     card = ROOT / "models" / "omnipath-nano"
     card_metrics = metrics_table({**(load_summaries(nano_eval) if (nano_eval / "summary.json").is_file() else {}),
                                   **(load_summaries(slide_eval) if (slide_eval / "summary.json").is_file() else {})})
-    if card.is_dir() and "nano" in stages:
-        first_config = facts["config"] if facts else (ROOT / "configs" / "train" / "nano-synthpath.yaml").read_text()
-        shares = mixture_shares(first_config)
-        earlier = "run by an earlier session, its run folder not in runs/repro/ (docs/RESULTS.md)"
-        first_steps = f"{facts['steps']} steps" if facts else earlier
-        second = stages.get("nano-slides")
-        second_config = second["config"] if second else (ROOT / "configs" / "train" / "nano-synthpath-slides.yaml").read_text()
-        second_steps = f"{second['steps']} steps" if second else earlier
-        third = stages["nano"]
-        second_shares = mixture_shares(second_config, tasks=("grade", "subtype", "organ"))
-        replay = next((e.get("weight", 1.0) for e in yaml.safe_load(second_config)["data"]["train"]
-                       if not e.get("tasks") and Path(e["path"]).name == "train-patch.jsonl"), 0.0)
-        text = ["# omnipath-nano", "",
-                "OmniPath at CPU size (preset `nano`: SigLIP-style 192 px/16 + UNI-style ViT, scales (1, 2), a 6-layer",
-                "384-wide Llama, ResNet mask encoder, SAM-style decoder; 22.5 M parameters, bf16 weights), trained",
-                "from scratch on SynthPath only. It knows nothing of real tissue: it exists so that every interface",
-                "works without a download, and to test the paper's claims in miniature.", "",
-                "- Data (the `omnipath synth patches` commands in docs/RESULTS.md): the train split of",
-                "  data/synthpath (base seed 0: 720 patches, 48 slides) and the train splits of base seeds 1 and 2",
-                "  (240 more slides). Test metrics use base seed 0's test block; no test seed is a training seed.",
-                f"- Stage 1 (configs/train/nano-synthpath.yaml): {first_steps}; global batch 16, AdamW lr 3e-4",
-                f"  cosine, fp32 on CPU, seed 0; every record has weight 1; slide records are {pct(shares['slide'])} % of the",
-                f"  mixture's {shares['records']:.0f} records, grade and subtype questions {pct(shares['asked'])} %",
-                f"- Stage 2 (configs/train/nano-synthpath-slides.yaml): {second_steps}; four passes over",
-                f"  {second_shares['records']:.0f} records per pass: the training slides' grade, subtype and organ questions",
-                f"  ({pct(second_shares['slide'])} %) and the patch records at weight {replay:g}, replayed (lr 2e-4 cosine; vision tower",
-                "  frozen and its features cached; focus loss weight 0.5; the LLM and projector train)",
-                f"- Stage 3 (configs/train/nano-synthpath-answers.yaml): {third['steps']} steps, stage 2's data and",
-                "  settings with closed-ended answers trained as the option text alone (`data.closed_answers: text`);",
-                "  asked a closed question, nano answers with the option's text",
-                f"- Wall time on 2 CPU cores: stage 1 {minutes(facts)}, stage 2 {minutes(second)}, stage 3 {minutes(third)}",
-                "- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
-                "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",
-                "Slide rows use PGFC attention with 4 regions. Trained with `segmentation_output: mask`, the model",
-                "answers outline prompts with `<mask>` too; the `(polygons)` rows score those answers by their masks.",
-                "", "## Training configuration", "", "Stage 1:", "", "```yaml", first_config.strip(), "```", "",
-                "Stage 2:", "", "```yaml", second_config.strip(), "```", "",
-                "Stage 3:", "", "```yaml", third["config"].strip(), "```"]
-        (card / "README.md").write_text("\n".join(text) + "\n")
+    if card.is_dir() and nano_stages()[-1][0] in stages:
+        (card / "README.md").write_text(model_card(stages, card_metrics))
     print("wrote docs/RESULTS.md" + (" and models/omnipath-nano/README.md" if card.is_dir() else ""))
 
 

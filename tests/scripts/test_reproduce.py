@@ -17,7 +17,15 @@ def test_nano_config_trains_on_the_prepared_patch_and_slide_files(load_script):
     assert all(item.weight == 1.0 for item in config.data.train)
 
 
-def test_second_stage_asks_the_training_slides_grade_subtype_and_organ_with_a_cached_frozen_tower(load_script):
+def test_nano_trains_in_a_chain_of_stages_and_ships_the_last(load_script):
+    repro = load_script("reproduce")
+    names = [name for name, _ in repro.NANO_STAGES]
+    assert repro.NANO_STAGES[0] == ("nano-base", repro.NANO_CONFIG) and names[-1] == "nano" and len(set(names)) == len(names)
+    for _, path in repro.NANO_STAGES[1:]:  # later stages start from a checkpoint, not a preset
+        assert load_config(ROOT / path, ["model.checkpoint=runs/repro/nano-base/final"]).model.preset is None
+
+
+def test_second_stage_asks_the_training_slides_questions_with_a_cached_frozen_tower(load_script):
     repro = load_script("reproduce")
     config = load_config(ROOT / repro.SLIDE_STAGE_CONFIG, ["model.checkpoint=runs/repro/nano-base/final"])
     config.validate(check_files=False)
@@ -40,6 +48,24 @@ def test_third_stage_is_the_second_with_closed_answers_as_text(load_script):
     assert third.train.max_steps == 300 and third.model.preset is None
     assert third.data.train == second.data.train and third.optim == second.optim  # the same data and settings
     assert (third.train.focus_loss_weight, third.data.focus_boxes) == (second.train.focus_loss_weight, second.data.focus_boxes)
+
+
+def test_ablations_train_on_patch_records_in_two_lanes_of_alternating_models(load_script, tmp_path, monkeypatch):
+    repro = load_script("reproduce")
+    monkeypatch.setattr(repro, "RUNS", tmp_path)
+    lanes = repro.ablation_lanes()
+    trained = [[c[c.index("train") + 2].split("=")[1] for c in lane if "train" in c] for lane in lanes]
+    assert trained == [[str(tmp_path / n) for n in ("full", "no-uni-no-msff")], [str(tmp_path / n) for n in ("no-msff", "no-uni")]]
+    for lane in lanes:
+        assert [("train" in c) for c in lane] == [True, False, True, False]  # each model: train, then evaluate
+        for command in lane:
+            if "train" in command:
+                assert repro.PATCH_ONLY in command and "data/synthpath/train-patch.jsonl" in repro.PATCH_ONLY
+            else:
+                assert command[command.index("--data") + 1] == str(repro.DATA / "test-patch.jsonl")
+    (tmp_path / "full" / "final").mkdir(parents=True)
+    (tmp_path / "full" / "final" / "config.json").write_text("{}")
+    assert repro.ablation_lanes()[0][0] is None  # a trained model is not trained again
 
 
 def test_val_and_test_slides_come_from_blocks_no_training_file_uses(load_script):

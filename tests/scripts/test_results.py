@@ -179,3 +179,29 @@ def test_training_facts_read_their_own_runs_wall_time_not_a_prefix_namesakes(res
     assert results.minutes(results.training_facts(tmp_path / "nano")) == "20 min (beside other jobs)"
     assert results.minutes(None) == "not measured here"
     assert results.training_facts(tmp_path / "nano")["last_loss"] == 0.5
+
+
+def test_model_card_describes_each_of_reproduces_stages_from_its_config(results, tmp_path, monkeypatch):
+    patch = _write(tmp_path / "train-patch.jsonl", [{"task": "organ", "image": "a.png"}] * 3)
+    slide = _write(tmp_path / "s.jsonl", [{"task": "grade", "slide": "s.tiff"}, {"task": "disease", "slide": "s.tiff"}])
+    first = (f"data:\n  train:\n    - {{path: {patch}}}\n    - {{path: {slide}}}\noptim: {{lr: 3.0e-4, schedule: cosine}}\n"
+             "train: {global_batch_size: 16, precision: bf16, seed: 0}\n")
+    second = (f"data:\n  train:\n    - {{path: {slide}, tasks: [grade]}}\n    - {{path: {patch}, weight: 0.25}}\n"
+              "  cache_vision_features: true\n  closed_answers: text\n  focus_boxes: tumour_boxes\n"
+              "optim: {lr: 2.0e-4, schedule: cosine, freeze: [vision_tower.siglip]}\n"
+              "train: {global_batch_size: 16, precision: bf16, seed: 0, focus_loss_weight: 0.5}\n")
+    (tmp_path / "one.yaml").write_text(first)
+    (tmp_path / "two.yaml").write_text(second)
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(results, "nano_stages", lambda: (("nano-base", "one.yaml"), ("nano", "two.yaml")))
+    card = results.model_card({"nano": {"steps": 300, "config": second, "wall_min": 20.0, "wall_note": ""}}, "| metrics |")
+    lines = card.splitlines()
+    stage1 = next(l for l in lines if l.startswith("- Stage 1 (one.yaml)"))
+    assert "run by an earlier session" in stage1 and "not measured here" in stage1  # no run folder: its config, no time
+    assert "- Stage 2 (two.yaml): 300 steps from stage 1, 20 min on 2 CPU cores;" in lines
+    assert "  global batch 16, AdamW lr 0.0002 cosine, bf16 on CPU, seed 0;" in lines
+    assert "  2 records per pass; slide records 57.1 %, the slides' grade questions 57.1 %; patch records replayed at weight 0.25;" in lines
+    assert any("frozen: vision_tower.siglip; the vision tower's features cached" in l for l in lines)
+    assert any("focus loss weight 0.5" in l for l in lines) and any("option text alone" in l for l in lines)
+    assert "  5 records per pass; slide records 40.0 %, grade and subtype questions 20.0 %;" in lines  # stage 1
+    assert card.count("```yaml") == 2 and "| metrics |" in card
