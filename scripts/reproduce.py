@@ -249,7 +249,7 @@ def train_command(name: str, steps: int | None, overrides: dict | None = None, e
     out = RUNS / name
     if (out / "final" / "config.json").is_file():
         return None
-    # no validation loss during training (no table reads it; stage 1 would spend about 4 min on it)
+    # no validation loss during training (no table reads it; stage 1 spent about 3 min on it)
     args = [*OMNIPATH, "train", config, f"output_dir={out}", *([] if steps is None else [f"train.max_steps={steps}"]),
             "logging.progress=false", "data.max_length=640", "data.eval=[]", "logging.eval_every=null", *extra]
     if overrides:
