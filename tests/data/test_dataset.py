@@ -256,6 +256,14 @@ def test_region_jitter_rereads_shifted_regions_from_the_slide_and_announces_them
         assert abs(red - (x1 + x2) / 2) < 0.03 and abs(green - (y1 + y2) / 2) < 0.03, (red, green, x1, x2, y1, y2)
         seen.add((x1, y1))
     assert len(seen) > 3  # a fresh shift at each sighting
+    import omnipath_lvlm.wsi.slide as wsi_slide
+
+    opened = []
+    real_open = wsi_slide.open_slide
+    with pytest.MonkeyPatch.context() as patch:  # the thumbnail and the shifted regions share one open slide
+        patch.setattr(wsi_slide, "open_slide", lambda path: opened.append(path) or real_open(path))
+        data[0]
+    assert opened == [str(slide)]
     batch = data.collate([data[0], fixed])
     assert batch["image_cacheable"].tolist() == [True, False, False, True, True, True]
     with pytest.raises(ValueError, match="region_jitter"):

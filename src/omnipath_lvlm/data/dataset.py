@@ -42,6 +42,7 @@ import os
 import random
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -203,9 +204,10 @@ class InstructionDataset(Dataset):
     def build_sample(self, record: Record) -> Sample:
         """Load and tokenise one record (raises on unreadable files)."""
         proc = self.processor
-        details, boxes = self._details(record)
+        with self._opened_slide(record) as slide:  # opened once for the thumbnail and shifted regions
+            details, boxes = self._details(record, slide)
+            images = [self._main_image(record, slide)] + details
         conversation, input_files, targets = self._conversation(record, boxes)
-        images = [self._main_image(record)] + details
         pools = [1] + [self.region_pool] * len(record.regions)
         encoded = proc.encode_conversation(conversation, image_pools=pools)
         if self.max_length is not None and len(encoded.input_ids) > self.max_length:
@@ -236,7 +238,15 @@ class InstructionDataset(Dataset):
         """Whether this record's detail regions are re-read, shifted, at every sighting."""
         return bool(self.region_jitter) and bool(record.regions) and record.slide is not None
 
-    def _details(self, record: Record) -> tuple[list[Image.Image], list[list[float]]]:
+    def _opened_slide(self, record: Record) -> AbstractContextManager[Any]:
+        """The record's slide, open, when a picture is read from it (its thumbnail or shifted regions); else None."""
+        if record.slide is None or (record.image is not None and not self._jitters(record)):
+            return nullcontext(None)
+        from omnipath_lvlm.wsi.slide import open_slide
+
+        return open_slide(record.slide)
+
+    def _details(self, record: Record, slide: Any = None) -> tuple[list[Image.Image], list[list[float]]]:
         """The record's detail-region pictures and their relative boxes, shifted when ``region_jitter`` > 0.
 
         Unshifted: the exported crops and the record's boxes. Shifted (slide records only): every box
@@ -249,7 +259,6 @@ class InstructionDataset(Dataset):
             return [_read_rgb(d["image"]) for d in record.regions], boxes
         from omnipath_lvlm.data.geometry import to_absolute
         from omnipath_lvlm.wsi.pgfc import read_regions
-        from omnipath_lvlm.wsi.slide import open_slide
 
         shifts = (torch.rand(len(boxes), 2) * 2 - 1) * self.region_jitter  # (R, 2) in units of a side
         moved = []
@@ -257,9 +266,8 @@ class InstructionDataset(Dataset):
             w, h = x2 - x1, y2 - y1
             nx, ny = min(max(x1 + sx * w, 0.0), 1.0 - w), min(max(y1 + sy * h, 0.0), 1.0 - h)
             moved.append([round(nx, 4), round(ny, 4), round(nx + w, 4), round(ny + h, 4)])
-        with open_slide(record.slide) as slide:
-            level0 = to_absolute(moved, *slide.dimensions)  # (R, 4) level-0 x1, y1, x2, y2
-            return read_regions(slide, level0.tolist(), self.processor.max_image_size), moved
+        level0 = to_absolute(moved, *slide.dimensions)  # (R, 4) level-0 x1, y1, x2, y2
+        return read_regions(slide, level0.tolist(), self.processor.max_image_size), moved
 
     def _focus(self, record: Record) -> tuple[Encoded | None, torch.Tensor | None]:
         """PGFC's prompt for this record and its target tokens, when ``gt[focus_boxes]`` lists boxes.
@@ -285,17 +293,17 @@ class InstructionDataset(Dataset):
         encoded = self.processor.encode_conversation([turn], image_pools=[1], add_generation_prompt=True)
         return encoded, grid.flatten()
 
-    def _main_image(self, record: Record) -> Image.Image:
+    def _main_image(self, record: Record, slide: Any = None) -> Image.Image:
+        """The record's image, or its slide's region or thumbnail (``slide``: the record's slide, open)."""
         if record.image is not None:
             return _read_rgb(record.image)
-        from omnipath_lvlm.wsi.slide import open_slide
-
+        if slide is None:
+            raise ValueError(f"record {record.id!r} has neither an image nor an open slide to read")
         side = self.processor.max_image_size
-        with open_slide(record.slide) as slide:
-            if record.region is not None:
-                x, y, w, h = record.region
-                return slide.read_region((x, y), (w, h), out_size=(side, side))
-            return slide.thumbnail(side)
+        if record.region is not None:
+            x, y, w, h = record.region
+            return slide.read_region((x, y), (w, h), out_size=(side, side))
+        return slide.thumbnail(side)
 
     def _conversation(self, record: Record, region_boxes: Sequence[Sequence[float]] | None = None
                       ) -> tuple[list[dict[str, str]], list[str], list[str | np.ndarray]]:
