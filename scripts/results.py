@@ -458,8 +458,11 @@ def stage_description(config_yaml: str) -> list[str]:
     return lines
 
 
-def model_card(stages: dict[str, dict], card_metrics: str) -> str:
-    """models/omnipath-nano/README.md: data, each stage's config, steps and wall time, test metrics."""
+def model_card(order: tuple[tuple[str, str], ...], stages: dict[str, dict], card_metrics: str) -> str:
+    """models/omnipath-nano/README.md: data, each stage's config, steps and wall time, test metrics.
+
+    ``order``: (run name, config path) of every stage (`nano_stages`); ``stages``: the facts of those
+    whose run folder exists (`training_facts`)."""
     earlier = "run by an earlier session, its run folder not in runs/repro/ (docs/RESULTS.md)"
     text = ["# omnipath-nano", "",
             "OmniPath at CPU size (preset `nano`: SigLIP-style 192 px/16 + UNI-style ViT, scales (1, 2), a 6-layer",
@@ -470,7 +473,7 @@ def model_card(stages: dict[str, dict], card_metrics: str) -> str:
             "  data/synthpath (base seed 0: 720 patches, 48 slides) and the train splits of base seeds 1 and 2",
             "  (240 more slides). Test metrics use base seed 0's test block; no test seed is a training seed."]
     configs = []
-    for k, (name, path) in enumerate(nano_stages(), start=1):
+    for k, (name, path) in enumerate(order, start=1):
         facts = stages.get(name)
         config_yaml = facts["config"] if facts and facts["config"] else (ROOT / path).read_text()
         configs.append((k, config_yaml))
@@ -612,7 +615,8 @@ def main() -> None:
     for name, title in (("before", "before training"), ("after", "after training")):
         if (ROOT / "docs" / "img" / f"attention_{name}.png").is_file():
             out += [f"### Attention {title} (figure 2 analogue)", "", f"![attention {title}](img/attention_{name}.png)", ""]
-    stages = {name: training_facts(RUNS / name) for name, _ in nano_stages() if (RUNS / name / "metrics.jsonl").is_file()}
+    order = nano_stages()
+    stages = {name: training_facts(RUNS / name) for name, _ in order if (RUNS / name / "metrics.jsonl").is_file()}
     if stages:
         out += ["## Training of the shipped nano", ""]
         for name, f in stages.items():
@@ -626,8 +630,8 @@ def main() -> None:
     card = ROOT / "models" / "omnipath-nano"
     card_metrics = metrics_table({**(load_summaries(nano_eval) if (nano_eval / "summary.json").is_file() else {}),
                                   **(load_summaries(slide_eval) if (slide_eval / "summary.json").is_file() else {})})
-    if card.is_dir() and nano_stages()[-1][0] in stages:
-        (card / "README.md").write_text(model_card(stages, card_metrics))
+    if card.is_dir() and order[-1][0] in stages:
+        (card / "README.md").write_text(model_card(order, stages, card_metrics))
     print("wrote docs/RESULTS.md" + (" and models/omnipath-nano/README.md" if card.is_dir() else ""))
 
 

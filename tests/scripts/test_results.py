@@ -182,6 +182,7 @@ def test_training_facts_read_their_own_runs_wall_time_not_a_prefix_namesakes(res
 
 
 def test_model_card_describes_each_of_reproduces_stages_from_its_config(results, tmp_path, monkeypatch):
+    assert [name for name, _ in results.nano_stages()][-1] == "nano"  # reproduce.py's stages, the shipped one last
     patch = _write(tmp_path / "train-patch.jsonl", [{"task": "organ", "image": "a.png"}] * 3)
     slide = _write(tmp_path / "s.jsonl", [{"task": "grade", "slide": "s.tiff"}, {"task": "disease", "slide": "s.tiff"}])
     first = (f"data:\n  train:\n    - {{path: {patch}}}\n    - {{path: {slide}}}\noptim: {{lr: 3.0e-4, schedule: cosine}}\n"
@@ -193,8 +194,8 @@ def test_model_card_describes_each_of_reproduces_stages_from_its_config(results,
     (tmp_path / "one.yaml").write_text(first)
     (tmp_path / "two.yaml").write_text(second)
     monkeypatch.setattr(results, "ROOT", tmp_path)
-    monkeypatch.setattr(results, "nano_stages", lambda: (("nano-base", "one.yaml"), ("nano", "two.yaml")))
-    card = results.model_card({"nano": {"steps": 300, "config": second, "wall_min": 20.0, "wall_note": ""}}, "| metrics |")
+    order = (("nano-base", "one.yaml"), ("nano", "two.yaml"))
+    card = results.model_card(order, {"nano": {"steps": 300, "config": second, "wall_min": 20.0, "wall_note": ""}}, "| metrics |")
     lines = card.splitlines()
     stage1 = next(l for l in lines if l.startswith("- Stage 1 (one.yaml)"))
     assert "run by an earlier session" in stage1 and "not measured here" in stage1  # no run folder: its config, no time

@@ -233,6 +233,12 @@ def test_settings_saved_beside_a_model_come_back_as_its_defaults(tmp_path):
     path.write_text(json.dumps({**stored, "regions": 3}))
     with pytest.raises(ValueError, match=r"pgfc\.json: unknown PGFC settings \['regions'\]"):
         PGFCConfig.for_model(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"pgfc\.json is not valid JSON"):
+        PGFCConfig.for_model(tmp_path)
+    path.write_text("[4, 3]")
+    with pytest.raises(ValueError, match=r"pgfc\.json must hold a JSON object"):
+        PGFCConfig.for_model(tmp_path)
     path.write_text(json.dumps({**stored, "region_pool": 0}))
     with pytest.raises(ValueError, match=r"pgfc\.json: region_pool must be >= 1"):
         PGFCConfig.for_model(tmp_path)

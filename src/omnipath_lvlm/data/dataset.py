@@ -246,7 +246,7 @@ class InstructionDataset(Dataset):
 
         return open_slide(record.slide)
 
-    def _details(self, record: Record, slide: Any = None) -> tuple[list[Image.Image], list[list[float]]]:
+    def _details(self, record: Record, slide: Any) -> tuple[list[Image.Image], list[list[float]]]:
         """The record's detail-region pictures and their relative boxes, shifted when ``region_jitter`` > 0.
 
         Unshifted: the exported crops and the record's boxes. Shifted (slide records only): every box
@@ -293,7 +293,7 @@ class InstructionDataset(Dataset):
         encoded = self.processor.encode_conversation([turn], image_pools=[1], add_generation_prompt=True)
         return encoded, grid.flatten()
 
-    def _main_image(self, record: Record, slide: Any = None) -> Image.Image:
+    def _main_image(self, record: Record, slide: Any) -> Image.Image:
         """The record's image, or its slide's region or thumbnail (``slide``: the record's slide, open)."""
         if record.image is not None:
             return _read_rgb(record.image)

@@ -107,7 +107,12 @@ class PGFCConfig:
         path = None if model_dir is None else Path(model_dir) / PGFC_FILE
         if path is None or not path.is_file():
             return cls()
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(stored, dict):
+            raise ValueError(f"{path} must hold a JSON object of PGFC settings, got {type(stored).__name__}")
         known = {f.name for f in fields(cls)} - set(_RUN_TIME_FIELDS)
         unknown = sorted(set(stored) - known)
         if unknown:

@@ -351,18 +351,16 @@ def load_engine(model_name_or_dir: str | Path) -> OmniPathPipeline:
     if name == "test-tiny":
         warnings.warn(f"model 'test-tiny' has {UNTRAINED_NOTE}", stacklevel=2)
         return untrained_pipeline("test-tiny")
+    folder = model_folder(name)
+    if folder is not None:
+        return _load_directory(folder, "nano" if name == "nano" else folder.name)
     if name == "nano":
-        if NANO_DIR.is_dir():
-            return _load_directory(NANO_DIR, "nano")
         warnings.warn(
             f"!!! model 'nano' was asked for but {NANO_DIR} does not exist: falling back to test-tiny with "
             f"{UNTRAINED_NOTE} !!!",
             stacklevel=2,
         )
         return untrained_pipeline("test-tiny")
-    path = Path(name)
-    if path.is_dir():
-        return _load_directory(path, path.name)
     raise ValueError(f"model {name!r} is neither 'test-tiny', 'nano' nor a directory holding a saved OmniPath model")
 
 
