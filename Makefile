@@ -29,7 +29,7 @@ demo: setup
 # retrain the shipped models/omnipath-nano from scratch (SynthPath data are generated if missing;
 # they are deterministic), evaluate it and rewrite its card; `make reproduce` resumes instead
 nano: setup
-	rm -rf runs/repro/nano-base runs/repro/nano-slides runs/repro/nano runs/repro/eval-nano-base runs/repro/eval-nano-base-slides \
+	rm -rf runs/repro/nano-base runs/repro/nano runs/repro/eval-nano-base runs/repro/eval-nano-base-slides \
 	       runs/repro/eval-nano runs/repro/eval-nano-slides runs/repro/eval-nano-slide-boxes runs/repro/eval-nano-slides-record
 	REPRO_STAGES=data,nano,eval,results $(BIN)/python scripts/reproduce.py
 

@@ -20,16 +20,15 @@ held-out slides of base seed 0's test block, for the PGFC ablation) and data/syn
 seed 2's, generated in two parallel processes: slide-level questions need many slides).
 
 Runs:
-- `nano`: the shipped model, in three stages (NANO_STAGES). `nano-base`: configs/train/nano-synthpath.yaml
-  as it is (patch records of data/synthpath, slide records of all the training slides), REPRO_STEPS
-  steps. `nano-slides`: configs/train/nano-synthpath-slides.yaml from nano-base (the training slides'
-  grade, subtype and organ questions and a quarter of the patch records, four passes, vision tower
-  frozen and cached, focus loss on the slides' tumours). `nano`: configs/train/nano-synthpath-answers.yaml
-  from nano-slides (the same data, 300 steps, closed-ended answers trained as the option text
-  alone). Evaluated on the patch test records and, for the PGFC ablation, on REPRO_TEST_SLIDES
-  held-out slides (SynthPath's test seed block).
-- `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all on the patch records of
-  data/synthpath's train split (the tables are patch-level) and REPRO_ABLATION_STEPS steps,
+- `nano`: the shipped model, in two stages (NANO_STAGES). `nano-base`: configs/train/nano-synthpath.yaml
+  as it is (data/synthpath's patch records), REPRO_STEPS steps. `nano`: configs/train/nano-synthpath-slides.yaml
+  from nano-base (the training slides' grade, subtype and organ questions and a quarter of the patch
+  records, four passes, vision tower frozen and cached, focus loss on the slides' tumours,
+  closed-ended answers trained as the option text alone). Evaluated on the patch test records and,
+  for the PGFC ablation, on REPRO_TEST_SLIDES held-out slides (SynthPath's test seed block).
+- `full`, `no-uni`, `no-msff`, `no-uni-no-msff`: the UNI/MSFF ablation, all with nano's first-stage
+  config (the patch records of data/synthpath's train split; the tables are patch-level) and
+  REPRO_ABLATION_STEPS steps,
   evaluated on the patch test records.
 
 nano's stages run one after another in one process using every core. The four ablation models
@@ -64,14 +63,11 @@ ENV = {k: int(os.environ.get(k, v)) for k, v in {
     "REPRO_VAL_SLIDES": 30}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,ablations,eval,after,results").split(",")
 QUESTION_STYLES = ("closed", "open", "yes_no")
-PATCH_ONLY = "data.train=[{path: data/synthpath/train-patch.jsonl, weight: 1.0}]"  # the ablations' data
 NANO_CONFIG = "configs/train/nano-synthpath.yaml"  # nano's first stage (and the ablations')
-SLIDE_STAGE_CONFIG = "configs/train/nano-synthpath-slides.yaml"  # nano's second stage
-ANSWER_STAGE_CONFIG = "configs/train/nano-synthpath-answers.yaml"  # nano's third stage
+SLIDE_STAGE_CONFIG = "configs/train/nano-synthpath-slides.yaml"  # nano's second and last stage
 NANO_STAGES = (  # (run name, config): nano's stages in order, each from the one before; the last is shipped
     ("nano-base", NANO_CONFIG),  # REPRO_STEPS steps; the others their config's epochs or max_steps
-    ("nano-slides", SLIDE_STAGE_CONFIG),
-    ("nano", ANSWER_STAGE_CONFIG),
+    ("nano", SLIDE_STAGE_CONFIG),
 )
 ABLATIONS = {  # name -> OmniPathConfig.from_name overrides; "full" is their baseline. Two lanes take every
     "full": None,  # other one (full, no-uni-no-msff | no-msff, no-uni): seconds per sample 0.37 + 0.22 against
@@ -287,10 +283,10 @@ def ablation_lanes() -> list[list[list[str] | None]]:
     """The ablation models' train-then-evaluate commands in two lanes of about equal work.
 
     ABLATIONS alternate between the lanes (full, no-uni-no-msff | no-msff, no-uni): the costliest
-    model shares a lane with the cheapest. Each trains on the patch records only (the tables are
-    patch-level) and is scored on the patch test records.
+    model shares a lane with the cheapest. Each trains nano's first-stage config (the patch records;
+    the tables are patch-level) and is scored on the patch test records.
     """
-    jobs = [[train_command(name, ENV["REPRO_ABLATION_STEPS"], overrides, extra=(PATCH_ONLY,)),
+    jobs = [[train_command(name, ENV["REPRO_ABLATION_STEPS"], overrides),
              evaluate_command(RUNS / name / "final", DATA / "test-patch.jsonl", RUNS / f"eval-{name}", ["none"])]
             for name, overrides in ABLATIONS.items()]
     return [sum(jobs[0::2], []), sum(jobs[1::2], [])]

@@ -8,13 +8,15 @@ from omnipath_lvlm.train.config import load_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_nano_config_trains_on_the_prepared_patch_and_slide_files(load_script):
+def test_first_stage_trains_on_the_prepared_patch_records_and_the_second_on_every_training_slide(load_script):
     repro = load_script("reproduce")
-    config = load_config(ROOT / "configs" / "train" / "nano-synthpath.yaml")
-    listed = sorted(str(item.path) for item in config.data.train)
+    first = load_config(ROOT / repro.NANO_CONFIG)
+    assert [(str(item.path), item.weight, item.tasks) for item in first.data.train] == [
+        (str((repro.DATA / "train-patch.jsonl").relative_to(ROOT)), 1.0, [])]
+    second = load_config(ROOT / repro.SLIDE_STAGE_CONFIG, ["model.checkpoint=runs/repro/nano-base/final"])
+    listed = sorted(str(item.path) for item in second.data.train)
     prepared = sorted(str(p.relative_to(ROOT)) for p in [repro.DATA / "train-patch.jsonl", *repro.slide_training_files()])
     assert listed == prepared
-    assert all(item.weight == 1.0 for item in config.data.train)
 
 
 def test_nano_trains_in_a_chain_of_stages_and_ships_the_last(load_script):
@@ -37,20 +39,10 @@ def test_second_stage_asks_the_training_slides_questions_with_a_cached_frozen_to
     assert 0 < replay[0].weight < 1
     assert config.data.cache_vision_features and {"vision_tower.siglip", "vision_tower.uni"} <= set(config.optim.freeze)
     assert config.data.region_pool == load_config(ROOT / repro.NANO_CONFIG).data.region_pool  # regions as in stage 1
+    assert config.data.closed_answers == "text"  # asked a closed question, nano answers with the option's text
 
 
-def test_third_stage_is_the_second_with_closed_answers_as_text(load_script):
-    repro = load_script("reproduce")
-    second = load_config(ROOT / repro.SLIDE_STAGE_CONFIG, ["model.checkpoint=runs/repro/nano-base/final"])
-    third = load_config(ROOT / repro.ANSWER_STAGE_CONFIG, ["model.checkpoint=runs/repro/nano-slides/final"])
-    third.validate(check_files=False)
-    assert second.data.closed_answers == "letter" and third.data.closed_answers == "text"
-    assert third.train.max_steps == 300 and third.model.preset is None
-    assert third.data.train == second.data.train and third.optim == second.optim  # the same data and settings
-    assert (third.train.focus_loss_weight, third.data.focus_boxes) == (second.train.focus_loss_weight, second.data.focus_boxes)
-
-
-def test_ablations_train_on_patch_records_in_two_lanes_of_alternating_models(load_script, tmp_path, monkeypatch):
+def test_ablations_train_the_first_stage_config_in_two_lanes_of_alternating_models(load_script, tmp_path, monkeypatch):
     repro = load_script("reproduce")
     monkeypatch.setattr(repro, "RUNS", tmp_path)
     lanes = repro.ablation_lanes()
@@ -60,7 +52,8 @@ def test_ablations_train_on_patch_records_in_two_lanes_of_alternating_models(loa
         assert [("train" in c) for c in lane] == [True, False, True, False]  # each model: train, then evaluate
         for command in lane:
             if "train" in command:
-                assert repro.PATCH_ONLY in command and "data/synthpath/train-patch.jsonl" in repro.PATCH_ONLY
+                assert command[command.index("train") + 1] == repro.NANO_CONFIG  # patch records, as nano's stage 1
+                assert f"train.max_steps={repro.ENV['REPRO_ABLATION_STEPS']}" in command
             else:
                 assert command[command.index("--data") + 1] == str(repro.DATA / "test-patch.jsonl")
     (tmp_path / "full" / "final").mkdir(parents=True)
