@@ -441,7 +441,7 @@ def stage_description(config_yaml: str) -> list[str]:
     tasks = tuple(sorted({t for e in filtered for t in e["tasks"]})) or ("grade", "subtype")
     shares = mixture_shares(config_yaml, tasks=tasks)
     replay = [e.get("weight", 1.0) for e in data["train"] if not e.get("tasks") and Path(e["path"]).name == "train-patch.jsonl"]
-    asked = f"the slides' {', '.join(tasks)} questions" if filtered else "grade and subtype questions"
+    asked = f"{', '.join(tasks)} questions (slides and patches)" if filtered else "grade and subtype questions"
     lines = [f"global batch {train.get('global_batch_size')}, AdamW lr {optim.get('lr'):g} {optim.get('schedule', '')}, "
              f"{train.get('precision', 'auto')} on CPU, seed {train.get('seed')}",
              f"{shares['records']:.0f} records per pass; slide records {pct(shares['slide'])} %, {asked} {pct(shares['asked'])} %"

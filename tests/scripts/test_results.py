@@ -201,7 +201,7 @@ def test_model_card_describes_each_of_reproduces_stages_from_its_config(results,
     assert "run by an earlier session" in stage1 and "not measured here" in stage1  # no run folder: its config, no time
     assert "- Stage 2 (two.yaml): 300 steps from stage 1, 20 min on 2 CPU cores;" in lines
     assert "  global batch 16, AdamW lr 0.0002 cosine, bf16 on CPU, seed 0;" in lines
-    assert "  2 records per pass; slide records 57.1 %, the slides' grade questions 57.1 %; patch records replayed at weight 0.25;" in lines
+    assert "  2 records per pass; slide records 57.1 %, grade questions (slides and patches) 57.1 %; patch records replayed at weight 0.25;" in lines
     assert any("frozen: vision_tower.siglip; the vision tower's features cached" in l for l in lines)
     assert any("focus loss weight 0.5" in l for l in lines) and any("option text alone" in l for l in lines)
     assert "  5 records per pass; slide records 40.0 %, grade and subtype questions 20.0 %;" in lines  # stage 1
