@@ -182,7 +182,7 @@ def extra_slides_command(seed: int) -> list[str]:
 
 
 def split_by_level(path: Path, patch: Path, slide: Path) -> None:
-    """Write the patch-level and slide-level records of `path` to two files (the mixture and the ablations use them)."""
+    """Write the patch-level and slide-level records of `path` to two files (nano's two stages and the ablations use them)."""
     if patch.is_file() and slide.is_file():
         return
     lines = path.read_text().splitlines()
@@ -198,7 +198,7 @@ def main_export_command() -> list[str]:
 
 
 def slide_training_files() -> list[Path]:
-    """The JSONL files of every training slide's records (nano's slide part of the mixture)."""
+    """The JSONL files of every training slide's records (nano's second stage)."""
     return [DATA / "train-slide.jsonl", *(extra_slides_dir(seed) / "train.jsonl" for seed in EXTRA_SEEDS)]
 
 

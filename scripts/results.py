@@ -541,7 +541,7 @@ def main() -> None:
     for title, (base_eval, nano_run, variant) in base_runs.items():
         if (base_eval / "summary.json").is_file() and (nano_run / "summary.json").is_file():
             out += [f"### The later stages, {title} (held-out seeds)", "",
-                    "nano-base is nano after its first stage (the mixture); nano adds the later stages (slide questions,",
+                    "nano-base is nano after its first stage (patch records); nano adds the second (slide questions,",
                     "vision tower frozen; the model card lists them).",
                     "Accuracy (%) on the same test records:", "",
                     runs_table({"nano-base": load_summaries(base_eval), "nano": load_summaries(nano_run)}, variant), ""]
