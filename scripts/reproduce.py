@@ -264,13 +264,14 @@ def train(name: str, steps: int | None, overrides: dict | None = None, extra: tu
     return RUNS / name / "final"
 
 
-def evaluate_command(model: Path, data: Path, out: Path, pgfc: list[str]) -> list[str] | None:
+def evaluate_command(model: Path, data: Path, out: Path, pgfc: list[str], locate: str = "slide") -> list[str] | None:
     """The `omnipath eval` command writing into `out`; None when its summary exists."""
     if (out / "summary.json").is_file():
         return None
     return [*OMNIPATH, "eval", "--model", str(model), "--data", str(data), "--out", str(out),
             "--pgfc", *pgfc, "--num-regions", str(ENV["REPRO_NUM_REGIONS"]),
-            "--max-new-tokens", str(ENV["REPRO_MAX_NEW_TOKENS"]), "--batch-size", "4"]
+            "--max-new-tokens", str(ENV["REPRO_MAX_NEW_TOKENS"]), "--batch-size", "4",
+            *(["--locate", locate] if locate != "slide" else [])]
 
 
 def evaluate(model: Path, data: Path, out: Path, pgfc: list[str]) -> None:
@@ -299,6 +300,7 @@ def ship(final: Path) -> None:
     from omnipath_lvlm.model import OmniPathForConditionalGeneration
     from omnipath_lvlm.processing import OmniPathProcessor
     from omnipath_lvlm.train.config import load_config
+    from omnipath_lvlm.synth.patches import PATCH_UM
     from omnipath_lvlm.wsi.pgfc import PGFCConfig
 
     dest = ROOT / "models" / "omnipath-nano"
@@ -309,7 +311,8 @@ def ship(final: Path) -> None:
     OmniPathProcessor.from_pretrained(final).save_pretrained(tmp)
     # the regions it was trained and evaluated with, so that analyze, chat and serve default to them
     trained = load_config(ROOT / NANO_STAGES[-1][1], [f"model.checkpoint={final}"])
-    PGFCConfig(num_regions=ENV["REPRO_NUM_REGIONS"], region_pool=trained.data.region_pool).save(tmp)
+    # and the field of view of its patch records, at which `--locate` re-asks box and outline questions
+    PGFCConfig(num_regions=ENV["REPRO_NUM_REGIONS"], region_pool=trained.data.region_pool, window_um=PATCH_UM).save(tmp)
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 2**20
     if size > 50:
         raise RuntimeError(f"the nano export is {size:.1f} MB, over the 50 MB budget")
@@ -340,6 +343,9 @@ def main() -> int:
         run_lanes([[evaluate_command(nano, DATA / "test-patch.jsonl", RUNS / "eval-nano", ["none"])], [
             evaluate_command(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides", ["none", "random", "attention"]),
             evaluate_command(nano, SLIDE_TEST / "test-boxes.jsonl", RUNS / "eval-nano-slide-boxes", ["attention"]),
+            # the same boxes found in windows at the patch scale around the regions (omnipath_lvlm.wsi.locate)
+            evaluate_command(nano, SLIDE_TEST / "test-boxes.jsonl", RUNS / "eval-nano-slide-boxes-regions", ["attention"],
+                             locate="regions"),
             # diagnostic: the regions the records list (2 on tumour, 2 on other tissue, as in training)
             evaluate_command(nano, SLIDE_TEST / "test-questions.jsonl", RUNS / "eval-nano-slides-record", ["record"])]])
     if "after" in STAGES:

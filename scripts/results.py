@@ -579,6 +579,11 @@ def main() -> None:
         if slide_boxes.is_file():
             out += ["The same on whole slides (`cancer_detection` on the held-out slides through the WSI pipeline,",
                     "PGFC attention; boxes relative to the slide):", "", detection_overlap_table(slide_boxes), ""]
+        located = RUNS / "eval-nano-slide-boxes-regions" / "predictions.jsonl"
+        if located.is_file():
+            out += ["And found in windows at the patch scale (`--locate regions`: the question re-asked of a window",
+                    "of the patch records' field of view around each PGFC region, boxes joined across windows):", "",
+                    detection_overlap_table(located), ""]
         out += ["### Closed questions: letter and text", "",
                 "A closed answer counts only when its letter and its option text name the same option (the rule",
                 "fixed before training). Scoring the option text alone shows what the model knows but labels with",

@@ -161,3 +161,31 @@ def test_cli_questions_writes_next_to_the_export(exported, capsys):
     with pytest.raises(SystemExit, match="no open or closed records"):
         main(["synth", "questions", str(paths["train"]), "--task", "nucleus_detection", "--n", "1",
               "--out", str(out / "x.jsonl")])
+
+
+def test_slide_windows_are_patches_with_the_slide_tumours_clipped_to_them(tmp_path):
+    out = tmp_path / "windows"
+    export_dataset(out, n_patches=0, n_slides=2, seed=0, slide_size=4096, patch_size=64, tasks=["cancer_detection"],
+                   splits=["train"], slide_windows=4)
+    records, problems = read_jsonl(out / "train.jsonl")
+    assert not problems
+    slides = {r.id: r for r in records if r.slide is not None}
+    windows = [r for r in records if "-window" in r.id]
+    assert len(slides) >= 1 and len(windows) <= 4 * len(slides) and len(windows) >= 2 * len(slides)
+    with_tumour = 0
+    for window in windows:
+        assert window.slide is None and window.task == "cancer_detection"
+        assert Image.open(window.image).size == (64, 64)
+        x1, y1, x2, y2 = window.gt["window"]
+        assert x2 - x1 == y2 - y1 == 384 / 0.25  # the patch field of view at the slide's 0.25 um per pixel
+        slide = slides[window.id.split("-window")[0] + "-cancer_detection"]
+        side = x2 - x1
+        truth = [np.array(b) * 4096 for b in slide.gt["tumour_boxes"]]  # level-0 tumour boxes of its slide
+        expected = sorted(
+            [round((max(b[0], x1) - x1) / side, 4), round((max(b[1], y1) - y1) / side, 4),
+             round((min(b[2], x2) - x1) / side, 4), round((min(b[3], y2) - y1) / side, 4)]
+            for b in truth if b[2] > x1 and b[0] < x2 and b[3] > y1 and b[1] < y2)
+        got = sorted(list(b) for b in parse_boxes(window.conversations[-1]["value"]).items)
+        assert np.allclose(got, expected, atol=2e-3) if expected else got == []
+        with_tumour += bool(got)
+    assert 0 < with_tumour < len(windows)  # some windows hold a tumour, some none

@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--centroid-radius", type=float, metavar="PX",
                         help="match nucleus_* boxes by centroid within PX pixels (6 at 20x, 12 at 40x) "
                              "instead of IoU >= 0.5")
+    parser.add_argument("--locate", choices=("slide", "regions", "tiles", "auto"), default="slide",
+                        help="slide items: boxes and outlines as written for the whole slide (default), or found "
+                             "by re-asking the question of windows at the model's patch scale around the detail "
+                             "regions / tiling the tissue (see `omnipath analyze --locate`)")
     parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="eval_command", metavar="compare")
     compare = sub.add_parser("compare", help="print two runs side by side with their differences",
@@ -75,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                             num_regions=trained.num_regions if args.num_regions is None else args.num_regions,
                             region_pool=trained.region_pool, batch_size=args.batch_size,
                             max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
-                            group_by=args.group_by, centroid_radius_px=args.centroid_radius)
+                            group_by=args.group_by, centroid_radius_px=args.centroid_radius,
+                            locate=args.locate)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -68,6 +68,7 @@ from omnipath_lvlm.data.records import HUMAN, IMAGE_TOKEN, MASK_TOKEN, Record, r
 from omnipath_lvlm.fileio import atomic_write_text
 
 PGFC_MODES = ("attention", "random", "none", "record")  # "record": the regions the record lists
+LOCATE_MODES = ("slide", "regions", "tiles", "auto")  # omnipath_lvlm.wsi.locate.LOCATE_MODES (kept import-free)
 GROUP_BY = ("source", "organ", "none")
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -94,6 +95,7 @@ class EvalConfig:
     seed: int = 0
     group_by: str = "source"
     centroid_radius_px: float | None = None  # nucleus_* box tasks match by centroid within this radius
+    locate: str = "slide"  # where slide items' boxes and outlines come from (omnipath_lvlm.wsi.locate)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -111,6 +113,8 @@ class EvalConfig:
             raise ValueError(f"group_by must be one of {GROUP_BY}, got {self.group_by!r}")
         if self.centroid_radius_px is not None and self.centroid_radius_px <= 0:
             raise ValueError(f"centroid_radius_px must be positive, got {self.centroid_radius_px}")
+        if self.locate not in LOCATE_MODES:
+            raise ValueError(f"locate must be one of {LOCATE_MODES}, got {self.locate!r}")
 
     def identity(self) -> dict[str, Any]:
         """What the answers depend on; stored in ``run.json`` and checked on resume."""
@@ -118,6 +122,8 @@ class EvalConfig:
         out = {name: getattr(self, name) for name in _IDENTITY_FIELDS}
         out["model"] = str(model.resolve()) if model.exists() else self.model
         out["data"] = str(self.data.resolve())
+        if self.locate != "slide":  # absent from the folders of runs made before locating existed
+            out["locate"] = self.locate
         return out
 
 
@@ -208,7 +214,7 @@ class ModelAnswerer:
     """Answers patch items in batches with the model, slide items one by one with the WSI pipeline."""
 
     def __init__(self, pipeline: Any, *, max_new_tokens: int = 512, num_regions: int = 8, region_pool: int = 3,
-                 seed: int = 0, generate_kwargs: Mapping[str, Any] | None = None):
+                 seed: int = 0, generate_kwargs: Mapping[str, Any] | None = None, locate: str = "slide"):
         self.pipeline = pipeline  # omnipath_lvlm.wsi.pipeline.OmniPathPipeline (has .model and .processor)
         self.model = pipeline.model
         self.processor = pipeline.processor
@@ -217,6 +223,7 @@ class ModelAnswerer:
         self.region_pool = int(region_pool)
         self.seed = int(seed)
         self.generate_kwargs = dict(generate_kwargs or {})  # extra `generate` arguments for patch items
+        self.locate = locate  # slide items: see OmniPathPipeline.analyze
 
     def answer(self, items: Sequence[WorkItem]) -> list[Answer]:
         answers: dict[int, Answer] = {}
@@ -231,7 +238,7 @@ class ModelAnswerer:
 
     # ------------------------------------------------------------------ slides
     def _answer_slide(self, item: WorkItem) -> Answer:
-        from omnipath_lvlm.wsi.pgfc import PGFCConfig
+        from dataclasses import replace
 
         turns = prompt_turns(item.record)
         question = turns[-1]["value"].replace(IMAGE_TOKEN, "").strip()
@@ -242,10 +249,10 @@ class ModelAnswerer:
             if not item.record.regions:
                 raise ValueError(f"record {item.record.id!r} lists no regions, which PGFC mode 'record' reads")
             given = geometry.to_absolute([r["box"] for r in item.record.regions], *image_size_of(item.record)).tolist()
-        pgfc = PGFCConfig(mode="attention" if given is not None else item.variant, num_regions=self.num_regions,
-                          region_pool=self.region_pool, seed=self.seed)
+        pgfc = replace(self.pipeline.pgfc, mode="attention" if given is not None else item.variant,  # the model's
+                       num_regions=self.num_regions, region_pool=self.region_pool, seed=self.seed)  # read settings
         analysis = self.pipeline.analyze(item.record.slide, question, pgfc=pgfc, history=history,
-                                         max_new_tokens=self.max_new_tokens, regions=given)
+                                         max_new_tokens=self.max_new_tokens, regions=given, locate=self.locate)
         width, height = analysis.slide_size
         regions = [[r.box[0] / width, r.box[1] / height, r.box[2] / width, r.box[3] / height]
                    for r in analysis.regions]
@@ -628,7 +635,7 @@ def run_eval(config: EvalConfig, answerer: Answerer | None = None, process: Proc
     if pending and answerer is None:
         answerer = ModelAnswerer(load_pipeline(config.model, getattr(process, "device", None)),
                                  max_new_tokens=config.max_new_tokens, num_regions=config.num_regions,
-                                 region_pool=config.region_pool, seed=config.seed)
+                                 region_pool=config.region_pool, seed=config.seed, locate=config.locate)
     for start in range(0, len(pending), config.batch_size):
         batch = pending[start:start + config.batch_size]
         answers = answerer.answer(batch)

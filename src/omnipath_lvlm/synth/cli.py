@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     patches.add_argument("--split", action="append", choices=("train", "val", "test"),
                          help="only write these splits (repeatable; default: all three); seeds do not change")
     patches.add_argument("--task", action="append", help="only these tasks (repeatable; default: all that apply)")
+    patches.add_argument("--slide-windows", type=int, default=0, metavar="K",
+                         help="per slide, K patch-level cancer-detection windows cut from it at the patch field "
+                              "of view, half with a tumour, half without (default 0)")
     patches.add_argument("--max-boxes", type=int, default=120,
                          help="nucleus tasks are asked on a crop holding at most this many nuclei")
     patches.set_defaults(func=run_patches)
@@ -59,13 +62,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_patches(args: argparse.Namespace) -> int:
     from omnipath_lvlm.synth.export import SPLITS, export_dataset
 
-    if args.n < 0 or args.slides < 0:
-        raise SystemExit("--n and --slides must be >= 0")
+    if args.n < 0 or args.slides < 0 or args.slide_windows < 0:
+        raise SystemExit("--n, --slides and --slide-windows must be >= 0")
     if args.max_boxes < 1:
         raise SystemExit(f"--max-boxes must be >= 1, got {args.max_boxes}")
     start = time.perf_counter()
     paths = export_dataset(args.out, args.n, args.slides, seed=args.seed, slide_size=args.slide_size,
-                           patch_size=args.size, tasks=args.task, max_boxes=args.max_boxes, splits=args.split or SPLITS)
+                           patch_size=args.size, tasks=args.task, max_boxes=args.max_boxes, splits=args.split or SPLITS,
+                           slide_windows=args.slide_windows)
     for split, path in paths.items():
         lines = sum(1 for _ in open(path, encoding="utf-8"))
         print(f"{split}: {lines} records -> {path}")

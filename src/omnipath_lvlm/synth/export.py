@@ -38,7 +38,7 @@ import tifffile
 from numpy.typing import NDArray
 
 from .noise import derive_key
-from .patches import SynthPatch, generate_patch
+from .patches import PATCH_UM, SynthPatch, generate_patch
 from .slide import SlideTruth, render_region, write_slide
 from .taxonomy import (
     DISEASES,
@@ -328,6 +328,70 @@ def more_questions(records: Iterable[Any], tasks: Iterable[str], n: int, seed: i
     return out
 
 
+def _window_corners(truth: SlideTruth, rng: random.Random, side: int, tissue: NDArray[np.bool_],
+                    count: int) -> list[tuple[int, int, bool]]:
+    """Top-left corners of `count` windows, alternately holding a whole tumour and no tumour: (x, y, has_tumour).
+
+    A tumour window puts a random tumour at a random place inside it (whole when it fits); a
+    tumour-free window is drawn where the window touches no tumour and its middle is tissue
+    (`tissue`: (G, G) bool over the stretched thumbnail). Windows that cannot be placed are skipped.
+    """
+    w, h = truth.level_dimensions[0]
+    boxes = [a.box() for a in truth.regions("Tumor")]
+    rows, cols = tissue.shape
+    out = []
+    for k in range(count):
+        if k % 2 == 0 and boxes:
+            x1, y1, x2, y2 = boxes[rng.randrange(len(boxes))]
+            lo_x, hi_x = (x2 - side, x1) if x2 - x1 <= side else (x1, x2 - side)
+            lo_y, hi_y = (y2 - side, y1) if y2 - y1 <= side else (y1, y2 - side)
+            x = int(np.clip(rng.uniform(lo_x, hi_x), 0, max(0, w - side)))
+            y = int(np.clip(rng.uniform(lo_y, hi_y), 0, max(0, h - side)))
+            out.append((x, y, True))
+            continue
+        for _ in range(200):
+            x, y = rng.randrange(max(1, w - side + 1)), rng.randrange(max(1, h - side + 1))
+            middle = tissue[min(rows - 1, int((y + side / 2) / h * rows)), min(cols - 1, int((x + side / 2) / w * cols))]
+            clear = all(bx2 <= x or bx1 >= x + side or by2 <= y or by1 >= y + side for bx1, by1, bx2, by2 in boxes)
+            if middle and clear:
+                out.append((x, y, False))
+                break
+    return out
+
+
+def window_records(truth: SlideTruth, out_dir: Path, rng: random.Random, count: int, window_um: float = 384.0,
+                   size: int = 384) -> list[Any]:
+    """`count` patch-level cancer_detection records cut from a slide at the patch records' field of view.
+
+    Each window (``window_um`` micrometres, read from the written TIFF at ``size`` pixels, as
+    `omnipath analyze --locate` reads it) is a patch image whose answer is the slide's tumour
+    boxes clipped to it; half of them hold a tumour, half none (`_window_corners`). A slide's
+    tumours are small inside normal tissue, unlike the tumour patches, which a tumour fills.
+    """
+    from omnipath_lvlm.data.records import make_record
+    from omnipath_lvlm.wsi.slide import open_slide
+    from omnipath_lvlm.wsi.tissue import tissue_mask
+
+    w, h = truth.level_dimensions[0]
+    side = int(min(round(window_um / truth.params.mpp), w, h))
+    tumours = [a.box() for a in truth.regions("Tumor")]
+    out = []
+    with open_slide(truth.path) as slide:
+        tissue = tissue_mask(slide.thumbnail(384), (24, 24))
+        for k, (x, y, _) in enumerate(_window_corners(truth, rng, side, tissue, count)):
+            picture = np.asarray(slide.read_region((x, y), (side, side), (size, size)).convert("RGB"))
+            name = f"{truth.path.stem}-window{k}"
+            path = _save_png(out_dir / "images" / f"{name}.png", picture)
+            inside = [(max(bx1, x) - x, max(by1, y) - y, min(bx2, x + side) - x, min(by2, y + side) - y)
+                      for bx1, by1, bx2, by2 in tumours if bx2 > x and bx1 < x + side and by2 > y and by1 < y + side]
+            boxes = _relative_boxes(inside, side, side)
+            gt = {"seed": truth.params.seed, "window": [x, y, x + side, y + side], "boxes": boxes}
+            out.append(make_record("cancer_detection", path, boxes, rng, style="boxes", gt=gt,
+                                   id=f"synthpath-{name}-cancer_detection", source="synthpath", organ=truth.labels["organ"],
+                                   image_size=[size, size]))
+    return out
+
+
 def export_dataset(
     out_dir: str | Path,
     n_patches: int,
@@ -339,8 +403,12 @@ def export_dataset(
     thumbnail_size: int = 384,
     max_boxes: int = 120,
     splits: Iterable[str] = SPLITS,
+    slide_windows: int = 0,
 ) -> dict[str, Path]:
     """Generate patches and slides, write their records as train/val/test JSONL; returns split -> JSONL path.
+
+    `slide_windows`: per slide, that many patch-level cancer-detection windows cut from it at the
+    patch field of view (`window_records`), beside its slide-level records.
 
     `splits` limits the output to some of the splits (the others are neither generated nor
     written); an item's seed, and so its content, does not depend on which splits are written.
@@ -377,6 +445,9 @@ def export_dataset(
             truth = write_slide(out_dir / "slides" / f"slide-{s}.tiff", slide_size, s)
             rng = random.Random(derive_key(s, "slide-records"))
             records += slide_records(truth, out_dir, rng, wanted, thumbnail_size)
+            if slide_windows:
+                window_rng = random.Random(derive_key(s, "slide-windows"))
+                records += window_records(truth, out_dir, window_rng, slide_windows, PATCH_UM, patch_size)
         paths[split] = write_jsonl(records, out_dir / f"{split}.jsonl")
         manifest["splits"][split] = {
             "patch_seeds": [p_seeds.start, p_seeds.stop] if len(p_seeds) else [],

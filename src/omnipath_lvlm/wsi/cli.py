@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("--region", type=_box, action="append", metavar="X1,Y1,X2,Y2",
                          help="read this level-0 box as a detail region instead of choosing regions (repeatable; "
                               "e.g. a region of interest drawn in QuPath)")
+    analyze.add_argument("--locate", choices=("auto", "slide", "regions", "tiles"), default="auto",
+                         help="where boxes and outlines come from: re-ask the question of windows at the model's "
+                              "patch field of view around each detail region (regions) or tiling the tissue "
+                              "(tiles, one answer per window), or keep those written for the whole slide (slide); "
+                              "auto (default): regions when the answer holds boxes, outlines or masks")
     analyze.add_argument("--max-new-tokens", type=int, default=256)
     analyze.set_defaults(func=run_analyze)
 
@@ -100,7 +105,7 @@ def analyze_one(engine, slide_path: Path, out_dir: Path, args: argparse.Namespac
     pgfc = engine.pgfc.with_overrides(mode=args.pgfc, num_regions=args.num_regions)
     with open_slide(slide_path) as slide:
         analysis = engine.analyze(slide, args.question, pgfc=pgfc, max_new_tokens=args.max_new_tokens,
-                                  regions=args.region)
+                                  regions=args.region, locate=args.locate)
         thumbnail = slide.thumbnail(DISPLAY_SIZE)
         write_outputs(analysis, thumbnail, out_dir)
         write_report(analysis, slide, out_dir)

@@ -61,7 +61,9 @@ class PGFCConfig:
     ``region_pool``: average-pooling of each region's token grid. ``region_size``: level-0
     side of a region (default: the token cell's own level-0 size). ``read_size``: pixels a
     region is read at (default: the processor's ``max_image_size``). ``min_tissue``: share
-    of a token cell that must be tissue for it to be a candidate.
+    of a token cell that must be tissue for it to be a candidate. ``window_um``: side, in
+    micrometres, of the windows a localisation question is re-asked on (`omnipath_lvlm.wsi.locate`):
+    the field of view of the model's patch training data; None, or a slide without mpp: one token cell.
     """
 
     num_regions: int = 8
@@ -71,6 +73,7 @@ class PGFCConfig:
     read_size: int | None = None
     seed: int = 0
     min_tissue: float = 0.25
+    window_um: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -85,6 +88,8 @@ class PGFCConfig:
             raise ValueError(f"read_size must be a positive side in pixels, got {self.read_size}")
         if not 0.0 < self.min_tissue <= 1.0:
             raise ValueError(f"min_tissue must be in (0, 1], got {self.min_tissue}")
+        if self.window_um is not None and not self.window_um > 0:
+            raise ValueError(f"window_um must be a positive side in micrometres, got {self.window_um}")
 
     @property
     def active(self) -> bool:

@@ -9,6 +9,8 @@ Stages (each timed in ``Analysis.timings``)::
     regions    choose S token cells, read them at high resolution, encode them in one batch
     generate   answer from thumbnail + regions + prompt (greedy, streamed through ``on_text``)
     parse      boxes / polygons (relative) -> level-0 slide pixels; masks -> outlines
+    locate     (``locate`` regions / tiles) the question re-asked of windows at the model's patch
+               scale, their boxes and outlines mapped to level-0 pixels and joined (`wsi.locate`)
 
 `load_engine(name_or_dir)` builds the pipeline the CLI and the server use.
 """
@@ -135,6 +137,7 @@ class OmniPathPipeline:
         on_text: Callable[[str], None] | None = None,
         input_masks: Sequence[np.ndarray] = (),
         regions: Sequence[Sequence[float]] | None = None,
+        locate: str = "slide",
     ) -> Analysis:
         """Answer ``question`` about ``source`` (slide path, PIL image or open slide); see the module docstring.
 
@@ -143,7 +146,18 @@ class OmniPathPipeline:
         ``regions``: level-0 boxes (x1, y1, x2, y2) to read as the detail regions instead of
         choosing them (a pathologist's regions of interest); the PGFC mode and S are then unused,
         the other PGFC settings (pooling, read size) apply.
+        ``locate``: where boxes and outlines come from (`omnipath_lvlm.wsi.locate`): "slide" (as
+        written for the whole slide), "regions" (the question re-asked of a window at the model's
+        patch scale around each detail region), "tiles" (of windows tiling the tissue) or "auto"
+        ("regions" when the slide answer holds boxes, outlines or masks and regions were read).
         """
+        from omnipath_lvlm.wsi.locate import LOCATE_MODES, resolved_mode
+
+        if locate not in LOCATE_MODES:
+            raise ValueError(f"locate must be one of {', '.join(LOCATE_MODES)}, got {locate!r}")
+        if locate != "slide" and input_masks:
+            raise ValueError(f"locate={locate!r} re-asks the question of windows, which cannot carry the "
+                             f"{len(input_masks)} input masks; use locate='slide' with input masks")
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
         if max_new_tokens < 1:
@@ -154,6 +168,10 @@ class OmniPathPipeline:
         with self._opened(source, timings) as slide, torch.no_grad():
             analysis = self._run(slide, question, config, list(history), max_new_tokens, on_text, timings,
                                  list(input_masks), None if regions is None else list(regions))
+            mode = resolved_mode(locate, bool(analysis.regions),
+                                 bool(analysis.detections or analysis.outlines or analysis.masks))
+            if mode != "slide":
+                self._locate(slide, analysis, mode, config, max_new_tokens)
         timings["total"] = time.perf_counter() - started
         return analysis
 
@@ -253,6 +271,28 @@ class OmniPathPipeline:
                 "new_tokens": int(result.new_tokens.shape[1]),
             },
         )
+
+    def _locate(self, slide, analysis: Analysis, mode: str, config: PGFCConfig, max_new_tokens: int) -> None:
+        """Replace the analysis' boxes and outlines by the windows' (see `omnipath_lvlm.wsi.locate`)."""
+        from omnipath_lvlm.wsi.locate import answer_text, ask_windows, combine, region_windows, tile_windows, window_side
+
+        tic = time.perf_counter()
+        side = window_side(analysis.slide_size, getattr(slide, "mpp", None), config.window_um)  # None: cells
+        if mode == "regions":
+            windows = region_windows([r.token for r in analysis.regions], self.grid, analysis.slide_size, side)
+        else:
+            windows = tile_windows(analysis.tissue_grid, analysis.slide_size, side)
+        pictures = read_regions(slide, windows, config.read_size or self.processor.max_image_size)
+        replies = ask_windows(self.model, self.processor, pictures, analysis.question, max_new_tokens)
+        found = combine(windows, replies)
+        analysis.meta["locate"] = {
+            "mode": mode, "window_side": side, "windows": [list(w) for w in windows],
+            "window_answers": found.answers, "slide_answer": analysis.answer,
+        }
+        analysis.answer = answer_text(found, analysis.slide_size)
+        analysis.detections, analysis.outlines = found.detections, found.outlines
+        analysis.parse_problems = analysis.parse_problems + found.problems
+        analysis.timings["locate"] = time.perf_counter() - tic
 
     def _tokenise(self, conversation: list[dict], pools: list[int], input_masks: Sequence[np.ndarray] = ()):
         """Left-padded ids and attention mask, plus the mask-encoder inputs for user-turn <mask> tokens."""
