@@ -5,7 +5,9 @@ code, writes into runs/repro/, and is skipped when its output already exists, so
 run resumes. Budget knobs (environment variables, defaults sized for a 2-core CPU):
 
     REPRO_PATCHES=900 REPRO_SLIDES=60 REPRO_TEST_SLIDES=36 REPRO_EXTRA_SLIDES=240 REPRO_SLIDE_SIZE=6144
-    REPRO_STEPS=600 REPRO_ABLATION_STEPS=250 REPRO_VAL_SLIDES=30
+    REPRO_STEPS=600 REPRO_ABLATION_STEPS=250 REPRO_VAL_SLIDES=30 REPRO_SLIDE_WINDOWS=0
+    (REPRO_SLIDE_WINDOWS=K: K patch-level cancer-box windows per slide of data/synthpath, written to
+    data/synthpath/{train,val,test}-window.jsonl; no shipped config trains on them, see docs/RESULTS.md)
     REPRO_STAGES=data,before,nano,ablations,eval,after,results     (any subset; run in this order;
                  "after" also measures where A_last falls (scripts/attention_stats.py) and probes
                  the image features for slide labels (scripts/feature_probe.py);
@@ -60,7 +62,7 @@ OMNIPATH = [sys.executable, "-m", "omnipath_lvlm.cli"]
 ENV = {k: int(os.environ.get(k, v)) for k, v in {
     "REPRO_PATCHES": 900, "REPRO_SLIDES": 60, "REPRO_TEST_SLIDES": 36, "REPRO_EXTRA_SLIDES": 240, "REPRO_SLIDE_SIZE": 6144, "REPRO_STEPS": 600,
     "REPRO_ABLATION_STEPS": 250, "REPRO_MAX_NEW_TOKENS": 320, "REPRO_NUM_REGIONS": 4,
-    "REPRO_VAL_SLIDES": 30}.items()}
+    "REPRO_VAL_SLIDES": 30, "REPRO_SLIDE_WINDOWS": 0}.items()}
 STAGES = os.environ.get("REPRO_STAGES", "data,before,nano,ablations,eval,after,results").split(",")
 QUESTION_STYLES = ("closed", "open", "yes_no")
 NANO_CONFIG = "configs/train/nano-synthpath.yaml"  # nano's first stage (and the ablations')
@@ -151,8 +153,9 @@ def stage_data() -> None:
                          "--out", "data/synthpath-slides"])
     if commands:  # independent generators, side by side
         run(*commands)
-    split_by_level(DATA / "train.jsonl", DATA / "train-patch.jsonl", DATA / "train-slide.jsonl")
-    split_by_level(DATA / "test.jsonl", DATA / "test-patch.jsonl", DATA / "test-slide.jsonl")
+    for split in ("train", "val", "test"):
+        split_by_level(DATA / f"{split}.jsonl", DATA / f"{split}-patch.jsonl", DATA / f"{split}-slide.jsonl",
+                       DATA / f"{split}-window.jsonl")
     # the PGFC table's question kinds; cancer boxes on whole slides
     with_styles(SLIDE_TEST / "test.jsonl", SLIDE_TEST / "test-questions.jsonl", QUESTION_STYLES)
     with_styles(SLIDE_TEST / "test.jsonl", SLIDE_TEST / "test-boxes.jsonl", ("boxes",))
@@ -181,19 +184,27 @@ def extra_slides_command(seed: int) -> list[str]:
             "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192", "--out", str(extra_slides_dir(seed).relative_to(ROOT))]
 
 
-def split_by_level(path: Path, patch: Path, slide: Path) -> None:
-    """Write the patch-level and slide-level records of `path` to two files (nano's two stages and the ablations use them)."""
-    if patch.is_file() and slide.is_file():
+def split_by_level(path: Path, patch: Path, slide: Path, window: Path) -> None:
+    """Write the patch-level, slide-level and slide-window records of `path` to three files.
+
+    Windows (patch-level cancer boxes cut from the slides, `synth patches --slide-windows`) are kept
+    apart so that the patch tables stay comparable and stage 1 can weight them.
+    """
+    if patch.is_file() and slide.is_file() and window.is_file():
         return
     lines = path.read_text().splitlines()
-    patch.write_text("\n".join(l for l in lines if '"slide"' not in l) + "\n")
+    windows = [l for l in lines if "-window" in json.loads(l)["id"]]
+    cut = set(windows)
+    patch.write_text("\n".join(l for l in lines if '"slide"' not in l and l not in cut) + "\n")
     slide.write_text("\n".join(l for l in lines if '"slide"' in l) + "\n")
+    window.write_text("\n".join(windows) + "\n")
 
 
 def main_export_command() -> list[str]:
     """Patches and slides of base seed 0, all three splits (the ablations' data; nano's patch records)."""
     return [*OMNIPATH, "synth", "patches", "--n", str(ENV["REPRO_PATCHES"]), "--slides", str(ENV["REPRO_SLIDES"]),
             "--seed", "0", "--slide-size", str(ENV["REPRO_SLIDE_SIZE"]), "--size", "192", "--max-boxes", "16",
+            *(["--slide-windows", str(ENV["REPRO_SLIDE_WINDOWS"])] if ENV["REPRO_SLIDE_WINDOWS"] else []),
             "--out", "data/synthpath"]
 
 

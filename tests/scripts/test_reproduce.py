@@ -104,3 +104,18 @@ def test_lanes_run_every_job_in_order_with_one_thread_each_and_log_each_command(
 
     with pytest.raises(RuntimeError, match="failed"):
         repro.run_lanes([[[sys.executable, "-c", "raise SystemExit(3)"]]])
+
+
+def test_split_by_level_keeps_slide_windows_apart(load_script, tmp_path):
+    import json
+
+    repro = load_script("reproduce")
+    lines = [{"id": "synthpath-patch-1-organ", "image": "a.png"},
+             {"id": "synthpath-slide-2-grade", "slide": "s.tiff"},
+             {"id": "synthpath-slide-2-window0-cancer_detection", "image": "w.png"}]
+    source = tmp_path / "train.jsonl"
+    source.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    files = [tmp_path / f"train-{kind}.jsonl" for kind in ("patch", "slide", "window")]
+    repro.split_by_level(source, *files)
+    ids = [[json.loads(l)["id"] for l in f.read_text().splitlines() if l] for f in files]
+    assert ids == [["synthpath-patch-1-organ"], ["synthpath-slide-2-grade"], ["synthpath-slide-2-window0-cancer_detection"]]
