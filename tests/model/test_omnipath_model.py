@@ -152,3 +152,19 @@ def test_other_causal_lm_backbones(model_type):
     batch = processor([{"from": "human", "value": "<image>\nWhat organ is this?"}], images=[Image.new("RGB", (40, 30), "pink")])
     result = model.generate_with_masks(**batch, max_new_tokens=3, do_sample=False)
     assert result.new_tokens.shape == (1, 3)
+
+
+def test_generation_result_new_masks_are_the_generated_tokens_maps_thresholded_at_zero():
+    from omnipath_lvlm.model.omnipath import GenerationResult
+
+    mask_id = 7
+    maps = [torch.full((4, 4), -1.0), torch.full((4, 4), 2.0), torch.tensor([[1.0, -1.0], [0.0, 3.0]])]
+    result = GenerationResult(
+        sequences=torch.zeros(2, 5, dtype=torch.long),
+        new_tokens=torch.tensor([[3, 7, 7], [3, 4, 5]]),
+        masks=[maps, [torch.ones(2, 2)]],  # sample 0: one input-mask map, then two generated; sample 1: input only
+    )
+    first = result.new_masks(0, mask_id)
+    assert [m.dtype for m in first] == [torch.bool, torch.bool]
+    assert first[0].all() and first[1].tolist() == [[True, False], [False, True]]
+    assert result.new_masks(1, mask_id) == []

@@ -289,16 +289,8 @@ class ModelAnswerer:
         torch.manual_seed(self.seed)
         result = self.model.generate_with_masks(**inputs, **kwargs)
         mask_id = self.processor.mask_token_id
-        answers = []
-        for i, item in enumerate(items):
-            new = result.new_tokens[i]
-            n_new = int((new == mask_id).sum())
-            logits = result.masks[i][len(result.masks[i]) - n_new:] if n_new else []
-            answers.append(Answer(
-                text=self.processor.decode(new),
-                masks=[(m.float() > 0).cpu().numpy() for m in logits],
-            ))
-        return answers
+        return [Answer(text=self.processor.decode(result.new_tokens[i]),
+                       masks=[m.numpy() for m in result.new_masks(i, mask_id)]) for i in range(len(items))]
 
 
 def load_pipeline(name_or_dir: str, device: Any | None = None) -> Any:

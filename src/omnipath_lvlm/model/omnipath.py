@@ -74,6 +74,12 @@ class GenerationResult:
     new_tokens: torch.Tensor  # (B, L_new)
     masks: list[list[torch.Tensor]]  # per sample, one (4g, 4g) logit map per generated <mask>
 
+    def new_masks(self, index: int, mask_token_id: int) -> list[torch.Tensor]:
+        """Sample ``index``'s masks of the ``<mask>`` tokens it generated (the last of its maps): (4g, 4g) bool, CPU."""
+        n_new = int((self.new_tokens[index] == mask_token_id).sum())
+        maps = self.masks[index][len(self.masks[index]) - n_new:] if n_new else []
+        return [(m.float() > 0).cpu() for m in maps]
+
 
 class OmniPathPreTrainedModel(PreTrainedModel):
     config_class = OmniPathConfig

@@ -138,10 +138,7 @@ def ask_windows(model, processor, pictures: Sequence[Image.Image], question: str
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )
         for i in range(len(chunk)):
-            new = result.new_tokens[i]
-            n_masks = int((new == mask_id).sum())
-            logits = result.masks[i][len(result.masks[i]) - n_masks:] if n_masks else []
-            out.append((processor.decode(new), [(m.float() > 0).cpu().numpy() for m in logits]))
+            out.append((processor.decode(result.new_tokens[i]), [m.numpy() for m in result.new_masks(i, mask_id)]))
     return out
 
 
