@@ -359,7 +359,7 @@ def _window_corners(truth: SlideTruth, rng: random.Random, side: int, tissue: ND
     return out
 
 
-def window_records(truth: SlideTruth, out_dir: Path, rng: random.Random, count: int, window_um: float = 384.0,
+def window_records(truth: SlideTruth, out_dir: Path, rng: random.Random, count: int, window_um: float = PATCH_UM,
                    size: int = 384) -> list[Any]:
     """`count` patch-level cancer_detection records cut from a slide at the patch records' field of view.
 

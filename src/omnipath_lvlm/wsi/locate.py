@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from omnipath_lvlm.wsi.analysis import Detection, Outline
-from omnipath_lvlm.wsi.pgfc import Box, region_box
+from omnipath_lvlm.wsi.pgfc import Box, build_conversation, region_box
 
 LOCATE_MODES: tuple[str, ...] = ("slide", "regions", "tiles", "auto")
 
@@ -120,13 +120,11 @@ def tile_windows(tissue: np.ndarray, slide_size: tuple[int, int], side: float | 
 def ask_windows(model, processor, pictures: Sequence[Image.Image], question: str, max_new_tokens: int,
                 batch_size: int = 4) -> list[tuple[str, list[np.ndarray]]]:
     """Each picture asked ``question`` as a patch (one image, pool 1): (answer text, masks (h, w) bool) per picture."""
-    from omnipath_lvlm.config import IMAGE_TOKEN
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tokenizer = processor.tokenizer
     mask_id = processor.mask_token_id
-    conversation = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}]
+    conversation = build_conversation(question)  # the window alone: "<image>\n" + question, as a patch record
     out: list[tuple[str, list[np.ndarray]]] = []
     for start in range(0, len(pictures), batch_size):
         chunk = list(pictures[start:start + batch_size])
