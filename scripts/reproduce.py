@@ -304,15 +304,27 @@ def ablation_lanes() -> list[list[list[str] | None]]:
     return [sum(jobs[0::2], []), sum(jobs[1::2], [])]
 
 
+def nano_pgfc(final: Path):
+    """The PGFC settings nano is trained and evaluated with, saved beside its weights as pgfc.json.
+
+    The regions of its last stage's config, and the field of view of its patch records, at which
+    `--locate` re-asks box and outline questions. Written into the trained run's `final` too, so
+    that the evaluations (which read the fp32 run, not the shipped copy) use the same windows.
+    """
+    from omnipath_lvlm.synth.patches import PATCH_UM
+    from omnipath_lvlm.train.config import load_config
+    from omnipath_lvlm.wsi.pgfc import PGFCConfig
+
+    trained = load_config(ROOT / NANO_STAGES[-1][1], [f"model.checkpoint={final}"])
+    return PGFCConfig(num_regions=ENV["REPRO_NUM_REGIONS"], region_pool=trained.data.region_pool, window_um=PATCH_UM)
+
+
 def ship(final: Path) -> None:
     """Copy the trained nano into models/omnipath-nano (bf16 safetensors, under 50 MB) with its card."""
     import torch
 
     from omnipath_lvlm.model import OmniPathForConditionalGeneration
     from omnipath_lvlm.processing import OmniPathProcessor
-    from omnipath_lvlm.train.config import load_config
-    from omnipath_lvlm.synth.patches import PATCH_UM
-    from omnipath_lvlm.wsi.pgfc import PGFCConfig
 
     dest = ROOT / "models" / "omnipath-nano"
     tmp = dest.with_name(".omnipath-nano.tmp")
@@ -320,10 +332,7 @@ def ship(final: Path) -> None:
     model = OmniPathForConditionalGeneration.from_pretrained(final, dtype=torch.bfloat16)
     model.save_pretrained(tmp)
     OmniPathProcessor.from_pretrained(final).save_pretrained(tmp)
-    # the regions it was trained and evaluated with, so that analyze, chat and serve default to them
-    trained = load_config(ROOT / NANO_STAGES[-1][1], [f"model.checkpoint={final}"])
-    # and the field of view of its patch records, at which `--locate` re-asks box and outline questions
-    PGFCConfig(num_regions=ENV["REPRO_NUM_REGIONS"], region_pool=trained.data.region_pool, window_um=PATCH_UM).save(tmp)
+    nano_pgfc(final).save(tmp)  # so that analyze, chat and serve default to the settings it was evaluated with
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 2**20
     if size > 50:
         raise RuntimeError(f"the nano export is {size:.1f} MB, over the 50 MB budget")
@@ -345,7 +354,10 @@ def main() -> int:
             train(name, ENV["REPRO_STEPS"] if previous is None else None, config=config,
                   extra=() if previous is None else (f"model.checkpoint={RUNS / previous / 'final'}",))
             previous = name
+        nano_pgfc(nano).save(nano)
         ship(nano)
+    if nano.is_dir() and any(stage in STAGES for stage in ("val", "eval", "after")):
+        nano_pgfc(nano).save(nano)  # the shipped settings (its locate windows above all), in a resumed run too
     if "ablations" in STAGES:
         run_lanes(ablation_lanes())
     if "val" in STAGES:  # optional: validation slides, looked at before the test slides

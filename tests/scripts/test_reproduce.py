@@ -119,3 +119,16 @@ def test_split_by_level_keeps_slide_windows_apart(load_script, tmp_path):
     repro.split_by_level(source, *files)
     ids = [[json.loads(l)["id"] for l in f.read_text().splitlines() if l] for f in files]
     assert ids == [["synthpath-patch-1-organ"], ["synthpath-slide-2-grade"], ["synthpath-slide-2-window0-cancer_detection"]]
+
+
+def test_nano_is_evaluated_with_the_pgfc_settings_it_ships_with(load_script, tmp_path):
+    # the evaluations read the fp32 run, not the shipped copy: without its pgfc.json `--locate`
+    # would fall back to token-cell windows instead of the patch records' field of view
+    from omnipath_lvlm.synth.patches import PATCH_UM
+    from omnipath_lvlm.wsi.pgfc import PGFCConfig
+
+    repro = load_script("reproduce")
+    settings = repro.nano_pgfc(tmp_path)
+    assert settings.window_um == PATCH_UM and settings.num_regions == repro.ENV["REPRO_NUM_REGIONS"]
+    settings.save(tmp_path)
+    assert PGFCConfig.for_model(tmp_path).window_um == PATCH_UM
