@@ -354,10 +354,9 @@ def main() -> int:
             train(name, ENV["REPRO_STEPS"] if previous is None else None, config=config,
                   extra=() if previous is None else (f"model.checkpoint={RUNS / previous / 'final'}",))
             previous = name
-        nano_pgfc(nano).save(nano)
         ship(nano)
-    if nano.is_dir() and any(stage in STAGES for stage in ("val", "eval", "after")):
-        nano_pgfc(nano).save(nano)  # the shipped settings (its locate windows above all), in a resumed run too
+    if nano.is_dir():  # the shipped settings (its locate windows above all) beside the run the evaluations read
+        nano_pgfc(nano).save(nano)
     if "ablations" in STAGES:
         run_lanes(ablation_lanes())
     if "val" in STAGES:  # optional: validation slides, looked at before the test slides
