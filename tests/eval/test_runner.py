@@ -227,6 +227,24 @@ def test_slide_items_go_through_the_pipeline_with_their_pgfc_mode(test_set, load
         assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
 
 
+def test_slide_items_read_the_window_size_given_for_locating(test_set, loaded):
+    records, _ = read_jsonl(test_set)
+    slide_record = next(r for r in records if r.slide is not None)
+    seen = []
+
+    class Recording:  # the loaded pipeline with a 384 um window, noting the PGFC settings each analysis is given
+        model, processor, pgfc = loaded.model, loaded.processor, loaded.pgfc.with_overrides(window_um=384.0)
+
+        def analyze(self, *args, pgfc, **kwargs):
+            seen.append(pgfc.window_um)
+            return loaded.analyze(*args, pgfc=pgfc, **kwargs)
+
+    for window in (None, "cells", 50.0):
+        ModelAnswerer(Recording(), max_new_tokens=2, num_regions=1, locate="regions",
+                      window_um=window).answer([WorkItem(0, slide_record, "attention")])
+    assert seen == [384.0, None, 50.0]  # None keeps the model's own
+
+
 def test_score_row_reads_the_ground_truth_of_each_style(test_set, tmp_path):
     records, _ = read_jsonl(test_set)
     config = EvalConfig(model="test-tiny", data=test_set, out=tmp_path, centroid_radius_px=6.0)

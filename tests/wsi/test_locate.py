@@ -192,6 +192,35 @@ def test_eval_config_records_locate_only_when_used(tmp_path):
     assert located.identity()["locate"] == "regions"
     with pytest.raises(ValueError, match="locate must be one of"):
         EvalConfig(model="test-tiny", data=tmp_path / "d.jsonl", out=tmp_path / "o", locate="x")
+    assert "window_um" not in located.identity()  # the model's own window
+    for given, stored in (("cells", "cells"), ("CELLS", "cells"), ("96", 96.0), (96, 96.0)):
+        config = EvalConfig(model="test-tiny", data=tmp_path / "d.jsonl", out=tmp_path / "o", locate="regions",
+                            window_um=given)
+        assert config.identity()["window_um"] == stored  # a folder holds the answers of one window size
+    with pytest.raises(ValueError, match="locate window"):
+        EvalConfig(model="test-tiny", data=tmp_path / "d.jsonl", out=tmp_path / "o", window_um="0")
+
+
+def test_cli_window_um_sets_the_locate_window_on_a_slide_with_mpp(tmp_path, capsys):
+    from omnipath_lvlm.synth.slide import write_slide
+
+    slide = tmp_path / "s.svs"
+    write_slide(slide, 1024, seed=3, mpp=0.5)  # 512 um across
+    sides = {}
+    for name, window in (("cells", "cells"), ("um", "100")):
+        out = tmp_path / name
+        code = main(["analyze", str(slide), "-q", "Detect the cancer regions.", "--model", "test-tiny", "--out",
+                     str(out), "--locate", "regions", "--num-regions", "2", "--window-um", window,
+                     "--max-new-tokens", "4"])
+        assert code == 0
+        located = json.loads((out / "answer.json").read_text())["meta"]["locate"]
+        sides[name] = (located["window_side"], {round(w[2] - w[0]) for w in located["windows"]})
+    assert sides["um"] == (pytest.approx(200.0), {200})  # 100 um at 0.5 um per pixel
+    assert sides["cells"][0] is None and sides["cells"][1] != {200}  # a thumbnail token cell instead
+    with pytest.raises(SystemExit):  # refused by argparse, before any model is loaded
+        main(["analyze", str(slide), "-q", "Detect.", "--model", "test-tiny", "--out", str(tmp_path / "x"),
+              "--window-um", "-1"])
+    assert "locate window" in capsys.readouterr().err
 
 
 def test_cli_analyze_locate_tiles(tmp_path, capsys):

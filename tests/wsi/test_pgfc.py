@@ -229,6 +229,13 @@ def test_settings_saved_beside_a_model_come_back_as_its_defaults(tmp_path):
     assert (loaded.num_regions, loaded.region_pool, loaded.mode, loaded.seed) == (4, 2, "attention", 0)
     assert loaded.with_overrides(mode="none") == PGFCConfig(num_regions=4, region_pool=2, mode="none")
     assert loaded.with_overrides(num_regions=0).num_regions == 0 and loaded.with_overrides().num_regions == 4
+    windowed = PGFCConfig(window_um=384.0)
+    assert windowed.with_overrides().window_um == 384.0  # None keeps the model's window
+    assert windowed.with_overrides(window_um="cells").window_um is None  # one token cell
+    assert windowed.with_overrides(window_um="192").window_um == 192.0
+    for bad in ("0", "-5", "nan", "wide"):
+        with pytest.raises(ValueError, match="locate window"):
+            windowed.with_overrides(window_um=bad)
 
     path.write_text(json.dumps({**stored, "regions": 3}))
     with pytest.raises(ValueError, match=r"pgfc\.json: unknown PGFC settings \['regions'\]"):

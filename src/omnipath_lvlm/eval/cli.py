@@ -2,6 +2,7 @@
 
     omnipath eval --model M --data TEST.jsonl --out DIR [--pgfc attention|random|none ...]
                   [--num-regions S] [--batch-size B] [--max-new-tokens N] [--limit N] [--seed S]
+                  [--locate slide|regions|tiles|auto] [--window-um UM|cells]
     omnipath eval compare RUN_A RUN_B
 
 A run is resumable: run the same command again after a stop and only the missing
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from omnipath_lvlm.wsi import WINDOW_UM_HELP, window_um_argument
 
 PGFC_CHOICES = ("attention", "random", "none", "record")  # omnipath_lvlm.eval.runner.PGFC_MODES (kept import-free)
 
@@ -46,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="slide items: boxes and outlines as written for the whole slide (default), or found "
                              "by re-asking the question of windows at the model's patch scale around the detail "
                              "regions / tiling the tissue (see `omnipath analyze --locate`)")
+    parser.add_argument("--window-um", type=window_um_argument, metavar="UM|cells", help=WINDOW_UM_HELP)
     parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="eval_command", metavar="compare")
     compare = sub.add_parser("compare", help="print two runs side by side with their differences",
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                             region_pool=trained.region_pool, batch_size=args.batch_size,
                             max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
                             group_by=args.group_by, centroid_radius_px=args.centroid_radius,
-                            locate=args.locate)
+                            locate=args.locate, window_um=args.window_um)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

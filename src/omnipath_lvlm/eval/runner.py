@@ -66,6 +66,7 @@ from PIL import Image
 from omnipath_lvlm.data import formats, geometry
 from omnipath_lvlm.data.records import HUMAN, IMAGE_TOKEN, MASK_TOKEN, Record, read_jsonl
 from omnipath_lvlm.fileio import atomic_write_text
+from omnipath_lvlm.wsi import WINDOW_CELLS, parse_window_um
 
 PGFC_MODES = ("attention", "random", "none", "record")  # "record": the regions the record lists
 LOCATE_MODES = ("slide", "regions", "tiles", "auto")  # omnipath_lvlm.wsi.locate.LOCATE_MODES (kept import-free)
@@ -96,6 +97,7 @@ class EvalConfig:
     group_by: str = "source"
     centroid_radius_px: float | None = None  # nucleus_* box tasks match by centroid within this radius
     locate: str = "slide"  # where slide items' boxes and outlines come from (omnipath_lvlm.wsi.locate)
+    window_um: float | str | None = None  # locate windows: micrometres, "cells", or None for the model's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -115,6 +117,9 @@ class EvalConfig:
             raise ValueError(f"centroid_radius_px must be positive, got {self.centroid_radius_px}")
         if self.locate not in LOCATE_MODES:
             raise ValueError(f"locate must be one of {LOCATE_MODES}, got {self.locate!r}")
+        if self.window_um is not None:  # stored as given ("cells" or micrometres), checked here
+            side = parse_window_um(self.window_um)
+            object.__setattr__(self, "window_um", WINDOW_CELLS if side is None else side)
 
     def identity(self) -> dict[str, Any]:
         """What the answers depend on; stored in ``run.json`` and checked on resume."""
@@ -124,6 +129,8 @@ class EvalConfig:
         out["data"] = str(self.data.resolve())
         if self.locate != "slide":  # absent from the folders of runs made before locating existed
             out["locate"] = self.locate
+        if self.window_um is not None:  # likewise: absent when the model's own window is used
+            out["window_um"] = self.window_um
         return out
 
 
@@ -214,7 +221,8 @@ class ModelAnswerer:
     """Answers patch items in batches with the model, slide items one by one with the WSI pipeline."""
 
     def __init__(self, pipeline: Any, *, max_new_tokens: int = 512, num_regions: int = 8, region_pool: int = 3,
-                 seed: int = 0, generate_kwargs: Mapping[str, Any] | None = None, locate: str = "slide"):
+                 seed: int = 0, generate_kwargs: Mapping[str, Any] | None = None, locate: str = "slide",
+                 window_um: float | str | None = None):
         self.pipeline = pipeline  # omnipath_lvlm.wsi.pipeline.OmniPathPipeline (has .model and .processor)
         self.model = pipeline.model
         self.processor = pipeline.processor
@@ -224,6 +232,7 @@ class ModelAnswerer:
         self.seed = int(seed)
         self.generate_kwargs = dict(generate_kwargs or {})  # extra `generate` arguments for patch items
         self.locate = locate  # slide items: see OmniPathPipeline.analyze
+        self.window_um = window_um  # locate windows (micrometres or "cells"); None: the model's pgfc.json
 
     def answer(self, items: Sequence[WorkItem]) -> list[Answer]:
         answers: dict[int, Answer] = {}
@@ -250,7 +259,8 @@ class ModelAnswerer:
                 raise ValueError(f"record {item.record.id!r} lists no regions, which PGFC mode 'record' reads")
             given = geometry.to_absolute([r["box"] for r in item.record.regions], *image_size_of(item.record)).tolist()
         pgfc = replace(self.pipeline.pgfc, mode="attention" if given is not None else item.variant,  # the model's
-                       num_regions=self.num_regions, region_pool=self.region_pool, seed=self.seed)  # read settings
+                       num_regions=self.num_regions, region_pool=self.region_pool, seed=self.seed,  # read settings
+                       ).with_overrides(window_um=self.window_um)
         analysis = self.pipeline.analyze(item.record.slide, question, pgfc=pgfc, history=history,
                                          max_new_tokens=self.max_new_tokens, regions=given, locate=self.locate)
         width, height = analysis.slide_size
@@ -627,7 +637,8 @@ def run_eval(config: EvalConfig, answerer: Answerer | None = None, process: Proc
     if pending and answerer is None:
         answerer = ModelAnswerer(load_pipeline(config.model, getattr(process, "device", None)),
                                  max_new_tokens=config.max_new_tokens, num_regions=config.num_regions,
-                                 region_pool=config.region_pool, seed=config.seed, locate=config.locate)
+                                 region_pool=config.region_pool, seed=config.seed, locate=config.locate,
+                                 window_um=config.window_um)
     for start in range(0, len(pending), config.batch_size):
         batch = pending[start:start + config.batch_size]
         answers = answerer.answer(batch)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from omnipath_lvlm.wsi import NUM_REGIONS_HELP
+from omnipath_lvlm.wsi import NUM_REGIONS_HELP, WINDOW_UM_HELP, window_um_argument
 
 DISPLAY_SIZE = 1024  # side of the thumbnail the pictures are drawn on
 
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "patch field of view around each detail region (regions) or tiling the tissue "
                               "(tiles, one answer per window), or keep those written for the whole slide (slide); "
                               "auto (default): regions when the answer holds boxes, outlines or masks")
+    analyze.add_argument("--window-um", type=window_um_argument, metavar="UM|cells", help=WINDOW_UM_HELP)
     analyze.add_argument("--max-new-tokens", type=int, default=256)
     analyze.set_defaults(func=run_analyze)
 
@@ -102,7 +103,7 @@ def analyze_one(engine, slide_path: Path, out_dir: Path, args: argparse.Namespac
     from omnipath_lvlm.wsi.report import write_report
     from omnipath_lvlm.wsi.slide import open_slide
 
-    pgfc = engine.pgfc.with_overrides(mode=args.pgfc, num_regions=args.num_regions)
+    pgfc = engine.pgfc.with_overrides(mode=args.pgfc, num_regions=args.num_regions, window_um=args.window_um)
     with open_slide(slide_path) as slide:
         analysis = engine.analyze(slide, args.question, pgfc=pgfc, max_new_tokens=args.max_new_tokens,
                                   regions=args.region, locate=args.locate)

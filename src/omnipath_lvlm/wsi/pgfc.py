@@ -33,6 +33,7 @@ from PIL import Image
 from omnipath_lvlm.config import IMAGE_TOKEN
 from omnipath_lvlm.model import EncodedImages
 from omnipath_lvlm.model.focus import first_layer_attention as layer0_attention
+from omnipath_lvlm.wsi import parse_window_um
 
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2)
 Mode = Literal["attention", "random", "none"]
@@ -127,10 +128,17 @@ class PGFCConfig:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: {exc}") from exc
 
-    def with_overrides(self, mode: str | None = None, num_regions: int | None = None) -> PGFCConfig:
-        """This config with a caller's choices (None keeps the value)."""
-        changes = {k: v for k, v in (("mode", mode), ("num_regions", num_regions)) if v is not None}
+    def with_overrides(self, mode: str | None = None, num_regions: int | None = None,
+                       window_um: float | str | None = None) -> PGFCConfig:
+        """This config with a caller's choices (None keeps the value).
+
+        ``window_um``: micrometres, or ``"cells"`` for windows of one token cell (stored as None).
+        """
+        changes: dict = {k: v for k, v in (("mode", mode), ("num_regions", num_regions)) if v is not None}
+        if window_um is not None:
+            changes["window_um"] = parse_window_um(window_um)
         return replace(self, **changes)
+
 
 
 # --------------------------------------------------------------------------- token scores
