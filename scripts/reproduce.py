@@ -77,6 +77,11 @@ ABLATIONS = {  # name -> OmniPathConfig.from_name overrides; "full" is their bas
     "no-uni-no-msff": {"use_uni": False, "scales": [1]},
     "no-uni": {"use_uni": False},
 }
+# Side of nano's --locate windows: 192 um, half the patch records' 384 um field of view. Chosen on the
+# validation slides among cells (128 um), 192, 256 and 384, confirmed on base seed 4's test block by a
+# rule written before (docs/RESULTS.md, session 12): nano's patch detector boxes most of any window, so
+# a window near the size of a slide's tumour (120-170 um) boxes it best.
+NANO_LOCATE_UM = 192.0
 LOG = RUNS / "commands.log"
 
 
@@ -307,16 +312,16 @@ def ablation_lanes() -> list[list[list[str] | None]]:
 def nano_pgfc(final: Path):
     """The PGFC settings nano is trained and evaluated with, saved beside its weights as pgfc.json.
 
-    The regions of its last stage's config, and the field of view of its patch records, at which
-    `--locate` re-asks box and outline questions. Written into the trained run's `final` too, so
-    that the evaluations (which read the fp32 run, not the shipped copy) use the same windows.
+    The regions of its last stage's config, and the window side at which `--locate` re-asks box
+    and outline questions (NANO_LOCATE_UM). Written into the trained run's `final` too, so that
+    the evaluations (which read the fp32 run, not the shipped copy) use the same windows.
     """
-    from omnipath_lvlm.synth.patches import PATCH_UM
     from omnipath_lvlm.train.config import load_config
     from omnipath_lvlm.wsi.pgfc import PGFCConfig
 
     trained = load_config(ROOT / NANO_STAGES[-1][1], [f"model.checkpoint={final}"])
-    return PGFCConfig(num_regions=ENV["REPRO_NUM_REGIONS"], region_pool=trained.data.region_pool, window_um=PATCH_UM)
+    return PGFCConfig(num_regions=ENV["REPRO_NUM_REGIONS"], region_pool=trained.data.region_pool,
+                      window_um=NANO_LOCATE_UM)
 
 
 def ship(final: Path) -> None:

@@ -458,11 +458,23 @@ def stage_description(config_yaml: str) -> list[str]:
     return lines
 
 
-def model_card(order: tuple[tuple[str, str], ...], stages: dict[str, dict], card_metrics: str) -> str:
-    """models/omnipath-nano/README.md: data, each stage's config, steps and wall time, test metrics.
+def window_words(side: float | None) -> str:
+    """A `--locate` window side (``window_um``) in words: "192 um", or "one thumbnail token cell" for None."""
+    return "one thumbnail token cell" if side is None else f"{side:g} um"
+
+
+def locate_window(model_dir: Path) -> str:
+    """The side of a model's `--locate` windows in words, from its pgfc.json (none: token cells, the default)."""
+    path = model_dir / "pgfc.json"
+    return window_words(json.loads(path.read_text()).get("window_um") if path.is_file() else None)
+
+
+def model_card(order: tuple[tuple[str, str], ...], stages: dict[str, dict], card_metrics: str,
+               pgfc: dict | None = None) -> str:
+    """models/omnipath-nano/README.md: data, each stage's config, steps and wall time, PGFC settings, test metrics.
 
     ``order``: (run name, config path) of every stage (`nano_stages`); ``stages``: the facts of those
-    whose run folder exists (`training_facts`)."""
+    whose run folder exists (`training_facts`); ``pgfc``: the shipped pgfc.json, if any."""
     earlier = "run by an earlier session, its run folder not in runs/repro/ (docs/RESULTS.md)"
     text = ["# omnipath-nano", "",
             "OmniPath at CPU size (preset `nano`: SigLIP-style 192 px/16 + UNI-style ViT, scales (1, 2), a 6-layer",
@@ -481,6 +493,11 @@ def model_card(order: tuple[tuple[str, str], ...], stages: dict[str, dict], card
         start = "from scratch" if k == 1 else f"from stage {k - 1}"
         text.append(f"- Stage {k} ({path}): {steps} {start}, {minutes(facts)} on 2 CPU cores;")
         text += [f"  {line};" for line in stage_description(config_yaml)]
+    if pgfc:
+        pool = pgfc["region_pool"]
+        text.append(f"- PGFC (pgfc.json): S = {pgfc['num_regions']} detail regions, each pooled {pool}x{pool}; "
+                    f"`--locate` windows of {window_words(pgfc.get('window_um'))} (chosen on validation slides, "
+                    "docs/RESULTS.md).")
     text += ["- Test metrics below (held-out seeds; chance levels, the PGFC ablation and caveats in docs/RESULTS.md).",
              "- Rebuild: `make nano`.", "", "## Test metrics", "", card_metrics, "",
              "Slide rows use PGFC attention with 4 regions. Trained with `segmentation_output: mask`, the model",
@@ -581,8 +598,9 @@ def main() -> None:
                     "PGFC attention; boxes relative to the slide):", "", detection_overlap_table(slide_boxes), ""]
         located = RUNS / "eval-nano-slide-boxes-regions" / "predictions.jsonl"
         if located.is_file():
-            out += ["And found in windows at the patch scale (`--locate regions`: the question re-asked of a window",
-                    "of the patch records' field of view around each PGFC region, boxes joined across windows):", "",
+            out += ["And found in windows (`--locate regions`: the question re-asked of a window of nano's locate side,",
+                    f"{locate_window(ROOT / 'models' / 'omnipath-nano')} in its pgfc.json, around each PGFC region, "
+                    "boxes joined across windows):", "",
                     detection_overlap_table(located), ""]
         out += ["### Closed questions: letter and text", "",
                 "A closed answer counts only when its letter and its option text name the same option (the rule",
@@ -636,7 +654,9 @@ def main() -> None:
     card_metrics = metrics_table({**(load_summaries(nano_eval) if (nano_eval / "summary.json").is_file() else {}),
                                   **(load_summaries(slide_eval) if (slide_eval / "summary.json").is_file() else {})})
     if card.is_dir() and order[-1][0] in stages:
-        (card / "README.md").write_text(model_card(order, stages, card_metrics))
+        settings = card / "pgfc.json"
+        (card / "README.md").write_text(model_card(order, stages, card_metrics,
+                                                   json.loads(settings.read_text()) if settings.is_file() else None))
     print("wrote docs/RESULTS.md" + (" and models/omnipath-nano/README.md" if card.is_dir() else ""))
 
 

@@ -123,12 +123,13 @@ def test_split_by_level_keeps_slide_windows_apart(load_script, tmp_path):
 
 def test_nano_is_evaluated_with_the_pgfc_settings_it_ships_with(load_script, tmp_path):
     # the evaluations read the fp32 run, not the shipped copy: without its pgfc.json `--locate`
-    # would fall back to token-cell windows instead of the patch records' field of view
-    from omnipath_lvlm.synth.patches import PATCH_UM
+    # would fall back to token-cell windows instead of nano's chosen window
     from omnipath_lvlm.wsi.pgfc import PGFCConfig
 
     repro = load_script("reproduce")
     settings = repro.nano_pgfc(tmp_path)
-    assert settings.window_um == PATCH_UM and settings.num_regions == repro.ENV["REPRO_NUM_REGIONS"]
+    assert settings.window_um == repro.NANO_LOCATE_UM and settings.num_regions == repro.ENV["REPRO_NUM_REGIONS"]
     settings.save(tmp_path)
-    assert PGFCConfig.for_model(tmp_path).window_um == PATCH_UM
+    assert PGFCConfig.for_model(tmp_path).window_um == repro.NANO_LOCATE_UM
+    shipped = PGFCConfig.for_model(repro.ROOT / "models" / "omnipath-nano")
+    assert shipped == settings  # the shipped copy carries the same settings as the run it came from

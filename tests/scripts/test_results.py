@@ -206,3 +206,11 @@ def test_model_card_describes_each_of_reproduces_stages_from_its_config(results,
     assert any("focus loss weight 0.5" in l for l in lines) and any("option text alone" in l for l in lines)
     assert "  5 records per pass; slide records 40.0 %, grade and subtype questions 20.0 %;" in lines  # stage 1
     assert card.count("```yaml") == 2 and "| metrics |" in card
+    assert "pgfc.json" not in card  # no settings given: no line
+    with_pgfc = results.model_card(order, {}, "", {"num_regions": 4, "region_pool": 3, "window_um": 192.0})
+    assert "- PGFC (pgfc.json): S = 4 detail regions, each pooled 3x3; `--locate` windows of 192 um" in with_pgfc
+    assert results.locate_window(tmp_path) == "one thumbnail token cell"  # no pgfc.json
+    (tmp_path / "pgfc.json").write_text('{"num_regions": 4, "window_um": 192.0}')
+    assert results.locate_window(tmp_path) == "192 um"
+    assert "windows of one thumbnail token cell" in results.model_card(order, {}, "", {"num_regions": 4, "region_pool": 3,
+                                                                                       "window_um": None})
