@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "instead of IoU >= 0.5")
     parser.add_argument("--locate", choices=("slide", "regions", "tiles", "auto"), default="slide",
                         help="slide items: boxes and outlines as written for the whole slide (default), or found "
-                             "by re-asking the question of windows at the model's patch scale around the detail "
+                             "by re-asking the question of windows (--window-um) around the detail "
                              "regions / tiling the tissue (see `omnipath analyze --locate`)")
     parser.add_argument("--window-um", type=window_um_argument, metavar="UM|cells", help=WINDOW_UM_HELP)
     parser.set_defaults(func=run)

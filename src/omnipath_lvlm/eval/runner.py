@@ -259,8 +259,8 @@ class ModelAnswerer:
                 raise ValueError(f"record {item.record.id!r} lists no regions, which PGFC mode 'record' reads")
             given = geometry.to_absolute([r["box"] for r in item.record.regions], *image_size_of(item.record)).tolist()
         pgfc = replace(self.pipeline.pgfc, mode="attention" if given is not None else item.variant,  # the model's
-                       num_regions=self.num_regions, region_pool=self.region_pool, seed=self.seed,  # read settings
-                       ).with_overrides(window_um=self.window_um)
+                       num_regions=self.num_regions, region_pool=self.region_pool, seed=self.seed)  # read settings
+        pgfc = pgfc.with_overrides(window_um=self.window_um)  # None keeps the model's locate window
         analysis = self.pipeline.analyze(item.record.slide, question, pgfc=pgfc, history=history,
                                          max_new_tokens=self.max_new_tokens, regions=given, locate=self.locate)
         width, height = analysis.slide_size

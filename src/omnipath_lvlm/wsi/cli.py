@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="read this level-0 box as a detail region instead of choosing regions (repeatable; "
                               "e.g. a region of interest drawn in QuPath)")
     analyze.add_argument("--locate", choices=("auto", "slide", "regions", "tiles"), default="auto",
-                         help="where boxes and outlines come from: re-ask the question of windows at the model's "
-                              "patch field of view around each detail region (regions) or tiling the tissue "
+                         help="where boxes and outlines come from: re-ask the question of windows (--window-um) "
+                              "around each detail region (regions) or tiling the tissue "
                               "(tiles, one answer per window), or keep those written for the whole slide (slide); "
                               "auto (default): regions when the answer holds boxes, outlines or masks")
     analyze.add_argument("--window-um", type=window_um_argument, metavar="UM|cells", help=WINDOW_UM_HELP)

@@ -1,11 +1,12 @@
-"""Localisation on whole slides: boxes and outlines found at the model's patch scale.
+"""Localisation on whole slides: boxes and outlines found in windows near the model's patch scale.
 
 A model writes boxes relative to the picture it sees. Asked to find objects on a whole slide,
 it sees a thumbnail in which a tumour is a few tokens wide, and nano's slide-relative boxes
 do not land on the tumours (docs/RESULTS.md). Locating re-asks the question of *windows*
-read at the field of view the model's patch tasks were trained at (``PGFCConfig.window_um``,
-micrometres, converted with the slide's mpp; without either, a window is the detail region's own
-token cell) and maps the windows' answers to level-0 pixels:
+of a chosen side (``PGFCConfig.window_um``, micrometres, converted with the slide's mpp: by default
+the field of view the model's patch tasks were trained at; nano's, 192 um, was chosen on validation
+slides; without either, a window is the detail region's own token cell) and maps the windows'
+answers to level-0 pixels:
 
 * ``regions``: one window centred on each detail region PGFC chose (A_last decides where to look);
 * ``tiles``: windows tiling the slide wherever a window holds tissue (every object, at one

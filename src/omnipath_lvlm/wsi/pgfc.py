@@ -64,7 +64,8 @@ class PGFCConfig:
     region is read at (default: the processor's ``max_image_size``). ``min_tissue``: share
     of a token cell that must be tissue for it to be a candidate. ``window_um``: side, in
     micrometres, of the windows a localisation question is re-asked on (`omnipath_lvlm.wsi.locate`):
-    the field of view of the model's patch training data; None, or a slide without mpp: one token cell.
+    usually the field of view of the model's patch training data (nano: 192 um, chosen on validation
+    slides); None, or a slide without mpp: one token cell.
     """
 
     num_regions: int = 8

@@ -147,8 +147,8 @@ class OmniPathPipeline:
         choosing them (a pathologist's regions of interest); the PGFC mode and S are then unused,
         the other PGFC settings (pooling, read size) apply.
         ``locate``: where boxes and outlines come from (`omnipath_lvlm.wsi.locate`): "slide" (as
-        written for the whole slide), "regions" (the question re-asked of a window at the model's
-        patch scale around each detail region), "tiles" (of windows tiling the tissue) or "auto"
+        written for the whole slide), "regions" (the question re-asked of a window of side
+        ``pgfc.window_um`` around each detail region), "tiles" (of windows tiling the tissue) or "auto"
         ("regions" when the slide answer holds boxes, outlines or masks and regions were read).
         """
         from omnipath_lvlm.wsi.locate import LOCATE_MODES, resolved_mode
