@@ -463,10 +463,10 @@ def window_words(side: float | None) -> str:
     return "one thumbnail token cell" if side is None else f"{side:g} um"
 
 
-def locate_window(model_dir: Path) -> str:
-    """The side of a model's `--locate` windows in words, from its pgfc.json (none: token cells, the default)."""
+def read_pgfc(model_dir: Path) -> dict | None:
+    """A model folder's PGFC settings (its pgfc.json), or None when it has none."""
     path = model_dir / "pgfc.json"
-    return window_words(json.loads(path.read_text()).get("window_um") if path.is_file() else None)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def model_card(order: tuple[tuple[str, str], ...], stages: dict[str, dict], card_metrics: str,
@@ -513,6 +513,7 @@ def main() -> None:
            "Produced by `scripts/reproduce.py` then `scripts/results.py`; every number below is read from",
            "`runs/repro/`. Test records use SynthPath seeds never used for training (the exporter's split",
            "seed blocks), and nothing was tuned on them.", ""]
+    nano_settings = read_pgfc(ROOT / "models" / "omnipath-nano")  # the shipped PGFC settings: captions and card
     log = RUNS / "commands.log"
     if log.is_file():
         lines, seen, kept = [], set(), True
@@ -599,7 +600,7 @@ def main() -> None:
         located = RUNS / "eval-nano-slide-boxes-regions" / "predictions.jsonl"
         if located.is_file():
             out += ["And found in windows (`--locate regions`: the question re-asked of a window of nano's locate side,",
-                    f"{locate_window(ROOT / 'models' / 'omnipath-nano')} in its pgfc.json, around each PGFC region, "
+                    f"{window_words((nano_settings or {}).get('window_um'))} in its pgfc.json, around each PGFC region, "
                     "boxes joined across windows):", "",
                     detection_overlap_table(located), ""]
         out += ["### Closed questions: letter and text", "",
@@ -654,9 +655,7 @@ def main() -> None:
     card_metrics = metrics_table({**(load_summaries(nano_eval) if (nano_eval / "summary.json").is_file() else {}),
                                   **(load_summaries(slide_eval) if (slide_eval / "summary.json").is_file() else {})})
     if card.is_dir() and order[-1][0] in stages:
-        settings = card / "pgfc.json"
-        (card / "README.md").write_text(model_card(order, stages, card_metrics,
-                                                   json.loads(settings.read_text()) if settings.is_file() else None))
+        (card / "README.md").write_text(model_card(order, stages, card_metrics, nano_settings))
     print("wrote docs/RESULTS.md" + (" and models/omnipath-nano/README.md" if card.is_dir() else ""))
 
 

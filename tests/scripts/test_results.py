@@ -209,8 +209,9 @@ def test_model_card_describes_each_of_reproduces_stages_from_its_config(results,
     assert "pgfc.json" not in card  # no settings given: no line
     with_pgfc = results.model_card(order, {}, "", {"num_regions": 4, "region_pool": 3, "window_um": 192.0})
     assert "- PGFC (pgfc.json): S = 4 detail regions, each pooled 3x3; `--locate` windows of 192 um" in with_pgfc
-    assert results.locate_window(tmp_path) == "one thumbnail token cell"  # no pgfc.json
+    assert results.read_pgfc(tmp_path) is None  # no pgfc.json
     (tmp_path / "pgfc.json").write_text('{"num_regions": 4, "window_um": 192.0}')
-    assert results.locate_window(tmp_path) == "192 um"
+    assert results.window_words(results.read_pgfc(tmp_path)["window_um"]) == "192 um"
+    assert results.window_words(None) == "one thumbnail token cell"
     assert "windows of one thumbnail token cell" in results.model_card(order, {}, "", {"num_regions": 4, "region_pool": 3,
                                                                                        "window_um": None})

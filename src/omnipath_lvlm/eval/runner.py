@@ -66,7 +66,7 @@ from PIL import Image
 from omnipath_lvlm.data import formats, geometry
 from omnipath_lvlm.data.records import HUMAN, IMAGE_TOKEN, MASK_TOKEN, Record, read_jsonl
 from omnipath_lvlm.fileio import atomic_write_text
-from omnipath_lvlm.wsi import WINDOW_CELLS, parse_window_um
+from omnipath_lvlm.wsi import window_um_value
 
 PGFC_MODES = ("attention", "random", "none", "record")  # "record": the regions the record lists
 LOCATE_MODES = ("slide", "regions", "tiles", "auto")  # omnipath_lvlm.wsi.locate.LOCATE_MODES (kept import-free)
@@ -118,8 +118,7 @@ class EvalConfig:
         if self.locate not in LOCATE_MODES:
             raise ValueError(f"locate must be one of {LOCATE_MODES}, got {self.locate!r}")
         if self.window_um is not None:  # stored as given ("cells" or micrometres), checked here
-            side = parse_window_um(self.window_um)
-            object.__setattr__(self, "window_um", WINDOW_CELLS if side is None else side)
+            object.__setattr__(self, "window_um", window_um_value(self.window_um))
 
     def identity(self) -> dict[str, Any]:
         """What the answers depend on; stored in ``run.json`` and checked on resume."""

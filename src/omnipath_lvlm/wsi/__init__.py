@@ -24,12 +24,18 @@ def parse_window_um(value: float | str) -> float | None:
     return float(value)
 
 
+def window_um_value(value: float | str) -> float | str:
+    """A checked locate window as given on a command line or in a run's identity: micrometres (float)
+    or ``"cells"``; ValueError as :func:`parse_window_um`."""
+    side = parse_window_um(value)
+    return WINDOW_CELLS if side is None else side
+
+
 def window_um_argument(value: str) -> float | str:
-    """argparse ``type`` of ``--window-um``: the micrometres (float) or ``"cells"``, checked early."""
+    """argparse ``type`` of ``--window-um`` (:func:`window_um_value`), checked before any model loads."""
     import argparse
 
     try:
-        side = parse_window_um(value)
+        return window_um_value(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return WINDOW_CELLS if side is None else side
